@@ -1,0 +1,136 @@
+"""The 3D Swin encoder's behaviour: channels, hidden states, window rules, shared masks, checkpointing, init, size."""
+
+import pytest
+import torch
+
+from modeling_lucafound import LuCaFoundInputError
+from modeling_lucafound import modeling_lucafound as modeling
+from modeling_lucafound.configuration_lucafound import LuCaFoundVisionConfig
+from modeling_lucafound.modeling_lucafound import LuCaFoundVisionModel, shifted_window_geometry
+
+TINY = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], image_size=[16, 64, 64])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return LuCaFoundVisionModel(LuCaFoundVisionConfig(**TINY)).eval()
+
+
+def test_grey_volume_as_one_channel_equals_three_identical_channels(tiny_model):
+    grey = torch.rand(2, 1, 16, 64, 64)
+    with torch.no_grad():
+        one_channel = tiny_model(pixel_values=grey).pooler_output
+        three_channels = tiny_model(pixel_values=grey.expand(-1, 3, -1, -1, -1)).pooler_output
+    torch.testing.assert_close(one_channel, three_channels, rtol=0, atol=1e-5)
+
+
+def test_pooler_output_is_the_width_of_the_last_stage(tiny_model):
+    with torch.no_grad():
+        output = tiny_model(pixel_values=torch.rand(1, 1, 16, 64, 64))
+    assert output.pooler_output.shape == (1, 128)
+    assert output.last_hidden_state.shape == (1, 8, 2, 2, 128)
+
+
+def test_default_feature_is_1024_dimensional():
+    assert LuCaFoundVisionConfig().hidden_size == 1024
+
+
+def test_hidden_states_hold_patch_embedding_and_each_stage_before_merging(tiny_model):
+    with torch.no_grad():
+        hidden_states = tiny_model(pixel_values=torch.rand(1, 1, 16, 64, 64), output_hidden_states=True).hidden_states
+    assert [tuple(state.shape) for state in hidden_states] == [
+        (1, 8, 16, 16, 16),
+        (1, 8, 16, 16, 16),
+        (1, 8, 8, 8, 32),
+        (1, 8, 4, 4, 64),
+        (1, 8, 2, 2, 128),
+    ]
+
+
+def test_wrong_channel_count_is_a_clear_input_error(tiny_model):
+    with pytest.raises(LuCaFoundInputError, match="channels"):
+        tiny_model(pixel_values=torch.rand(1, 2, 16, 64, 64))
+
+
+def test_pixel_values_without_depth_axis_are_rejected(tiny_model):
+    with pytest.raises(LuCaFoundInputError, match="batch, channels, depth, height, width"):
+        tiny_model(pixel_values=torch.rand(1, 1, 64, 64))
+
+
+def test_window_shrinks_to_small_maps_and_shift_is_dropped_there():
+    geometry = shifted_window_geometry((8, 25, 23), (8, 7, 7), (4, 3, 3))
+    assert geometry.window_size == (8, 7, 7)
+    assert geometry.shift_size == (0, 3, 3)  # depth equals the window: no shift along depth
+    assert geometry.padded_size == (8, 28, 28)
+    small = shifted_window_geometry((10, 4, 3), (8, 7, 7), (4, 3, 3))
+    assert small.window_size == (8, 4, 3)
+    assert small.shift_size == (4, 0, 0)
+    assert small.padded_size == (16, 4, 3)
+
+
+def test_shift_mask_is_built_once_per_stage_and_reused_across_calls(tiny_model, monkeypatch):
+    built = []
+    original = modeling.shifted_window_mask
+
+    def counting_mask(geometry, device):
+        built.append(geometry)
+        return original(geometry, device)
+
+    monkeypatch.setattr(modeling, "shifted_window_mask", counting_mask)
+    for stage in tiny_model.features:
+        if isinstance(stage, modeling.LuCaFoundSwinStage):
+            stage._shift_mask_cache.clear()
+    volume = torch.rand(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        tiny_model(pixel_values=volume)
+        first_pass = len(built)
+        tiny_model(pixel_values=volume)
+    shifted_stages = 2  # at 16x64x64 only stages 0-1 have maps larger than the window in some axis
+    assert first_pass == shifted_stages
+    assert len(built) == first_pass
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    config = LuCaFoundVisionConfig(**TINY, stochastic_depth_prob=0.0)
+    model = LuCaFoundVisionModel(config).train()
+    volume = torch.rand(2, 1, 16, 64, 64)
+    model(pixel_values=volume).pooler_output.square().sum().backward()
+    plain = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model(pixel_values=volume).pooler_output.square().sum().backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_stochastic_depth_grows_linearly_over_blocks():
+    model = LuCaFoundVisionModel(LuCaFoundVisionConfig(**TINY, stochastic_depth_prob=0.1))
+    probabilities = [
+        block.stochastic_depth.probability
+        for stage in model.features
+        if isinstance(stage, modeling.LuCaFoundSwinStage)
+        for block in stage
+    ]
+    assert probabilities[0] == 0.0
+    assert probabilities[-1] == pytest.approx(0.1)
+    assert probabilities == pytest.approx([0.1 * index / 7 for index in range(8)])
+
+
+def test_initialisation_follows_torchvision():
+    torch.manual_seed(0)
+    model = LuCaFoundVisionModel(LuCaFoundVisionConfig(**TINY))
+    block = model.features[0][0]
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert torch.count_nonzero(block.attn.qkv.bias) == 0
+    assert block.attn.relative_position_bias_table.std().item() == pytest.approx(0.02, rel=0.2)
+    assert torch.equal(block.attn.relative_position_index, modeling.relative_position_index((8, 7, 7)))
+    assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+
+
+def test_default_encoder_has_the_parameter_count_of_torchvision_swin3d_b_without_head():
+    with torch.device("meta"):
+        model = LuCaFoundVisionModel(LuCaFoundVisionConfig())
+    assert sum(parameter.numel() for parameter in model.parameters()) == 87_638_984
