@@ -384,3 +384,27 @@ def require_data_dir(config, dataset_name):
     if not folder.is_dir():
         raise DatasetLayoutError(f"{dataset_name}: data_dir {folder} does not exist or is not a folder")
     return folder
+
+
+def nifti_bytes_from_lps_volume(array, spacing, origin, direction=None, compress=True):
+    """Serialise a (z, y, x) LPS volume as NIfTI-1 bytes (gzip-compressed by default) with the right affine.
+
+    NIfTI stores RAS world coordinates and (x, y, z) voxel order, so the array is transposed and the first two
+    world axes flipped; SimpleITK reading the result gives back the same LPS geometry.
+    """
+    import gzip
+
+    import nibabel
+
+    matrix = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    spacing_xyz = np.asarray(spacing, dtype=np.float64)[::-1]
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = matrix * spacing_xyz[None, :]
+    affine_lps[:3, 3] = np.asarray(origin, dtype=np.float64)
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
+    image = nibabel.Nifti1Image(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)), affine_ras)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine_ras, code=1)
+    image.set_sform(affine_ras, code=1)
+    data = image.to_bytes()
+    return gzip.compress(data, compresslevel=1) if compress else data

@@ -37,6 +37,7 @@ LOBE_NAMES = {
 }
 
 REFERENCE_FIELD_OF_VIEW_MM = 358.4  # in-plane field of view of the default (256 x 1.4 mm) grid
+REFERENCE_HEIGHT_MM = 320.0  # craniocaudal field of view of the default (128 x 2.5 mm) grid
 
 HU_AIR = -1000
 HU_LUNG = -850
@@ -793,7 +794,7 @@ def write_report(findings, rng):
     lines += ["", "IMPRESSION:"]
     impression = f"{primary['diameter_mm']} mm {primary['margin']} {primary['density']} {primary['kind']} in the {LOBE_NAMES[primary['lobe']]}"
     if primary["density"] == "ground-glass" and primary["diameter_mm"] <= 30:
-        impression += ", which may represent an adenocarcinoma-spectrum lesion."
+        impression += ", which may represent a slowly growing neoplasm; follow-up or tissue sampling advised."
     else:
         impression += ", suspicious for primary lung malignancy."
     lines.append(impression[0].upper() + impression[1:])
@@ -808,14 +809,18 @@ def write_report(findings, rng):
     return "\n".join(lines)
 
 
-def generate_chest_phantom(seed, shape=(128, 256, 256), spacing=(2.5, 1.4, 1.4), noise_std=12.0, primary_lesion=None):
+def generate_chest_phantom(seed, shape=(128, 256, 256), spacing=None, noise_std=12.0, primary_lesion=None):
     """Make one reproducible chest CT phantom (same `seed`, `shape`, `spacing` -> identical output).
 
-    `shape` and `spacing` (z, y, x) set the grid: the anatomy fills the field of view proportionally, so small
-    grids such as (24, 64, 64) still show both lungs. `primary_lesion` fixes attributes of the main tumour
+    `shape` and `spacing` (z, y, x) set the grid. With `spacing=None` the grid covers an adult chest
+    (320 x 358 x 358 mm: (2.5, 1.4, 1.4) mm at the default shape), so a small grid such as (24, 64, 64) is a
+    coarse but life-sized chest that lung segmentation finds. With an explicit spacing the anatomy fills that
+    field of view proportionally (a tiny field of view gives a tiny chest). `primary_lesion` fixes attributes of the main tumour
     (`lobe`, `location`, `diameter_mm`, `margin`, `density`, `further_nodules`); the rest are drawn.
     """
     shape = tuple(int(size) for size in shape)
+    if spacing is None:
+        spacing = default_spacing(shape)
     spacing = tuple(float(value) for value in spacing)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be three sizes of at least 8 voxels, got {shape}")
@@ -841,6 +846,12 @@ def generate_chest_phantom(seed, shape=(128, 256, 256), spacing=(2.5, 1.4, 1.4),
         labels=builder.labels,
         seed=int(seed),
     )
+
+
+def default_spacing(shape):
+    """Spacing (z, y, x) mm at which a grid of `shape` covers the standard 320 x 358.4 x 358.4 mm chest field."""
+    depth, height, width = (int(size) for size in shape)
+    return (REFERENCE_HEIGHT_MM / depth, REFERENCE_FIELD_OF_VIEW_MM / height, REFERENCE_FIELD_OF_VIEW_MM / width)
 
 
 def _check_overrides(primary_lesion):
