@@ -9,7 +9,6 @@ order never comes from file names (`1-001.dcm`, `000001.dcm`, ...): volumes are 
 """
 
 import dataclasses
-import gzip
 import logging
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .common import (
     DuplicateDetector,
     LuCaFoundBuilderConfig,
     SkipCounter,
+    nifti_bytes_from_lps_volume,
     is_missing,
     is_preprocessed_config,
     normalise_text,
@@ -345,25 +345,9 @@ def dicom_box_to_volume_box(header, box, volume):
 
 
 def ct_volume_nifti_bytes(volume, array=None):
-    """A `CTVolume` (or `array` on its grid) as gzipped NIfTI bytes with its true affine, for the `Nifti` feature.
-
-    NIfTI stores (x, y, z) data and a RAS affine; the LPS (z, y, x) array is transposed and the affine's first two
-    rows negated, so `nibabel` reports world coordinates that agree with the DICOM/ITK geometry.
-    """
-    import nibabel
-
+    """A `CTVolume` (or `array` on its grid, e.g. a mask) as gzipped NIfTI bytes with its true affine."""
     data = volume.array if array is None else array
-    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
-    spacing_xyz = np.asarray(volume.spacing, dtype=np.float64)[::-1]
-    affine_lps = np.eye(4)
-    affine_lps[:3, :3] = direction * spacing_xyz[None, :]
-    affine_lps[:3, 3] = np.asarray(volume.origin, dtype=np.float64)
-    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
-    image = nibabel.Nifti1Image(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), affine_ras)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine_ras, code=1)
-    image.set_sform(affine_ras, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=1)
+    return nifti_bytes_from_lps_volume(data, volume.spacing, volume.origin, volume.direction)
 
 
 def find_table(data_dir, collection_folder, patterns, description, explicit=None):
@@ -394,6 +378,9 @@ class TciaBuilderConfig(LuCaFoundBuilderConfig):
 
 class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
     """What every TCIA CT builder shares: one example per CT series with geometry, labels per patient.
+
+    Rows carry the TCIA subject id and the series/study UIDs (enough to find the files through metadata.csv) but
+    no path: descriptive study folder names contain the (shifted) study date.
 
     Subclasses name the collection folder and implement `_label_features`, `_read_clinical` (patient id -> labels)
     and optionally `_annotation_features` / `_annotations` for per-series annotations. Series without 3D geometry,
@@ -459,7 +446,6 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
             "study_uid": datasets.Value("string"),
             "series_description": datasets.Value("string"),
             "manufacturer": datasets.Value("string"),
-            "source_path": datasets.Value("string"),
         }
         features.update(self._label_features())
         features.update(self._annotation_features())
@@ -555,7 +541,6 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
             "study_uid": series.study_uid,
             "series_description": series.series_description,
             "manufacturer": series.manufacturer,
-            "source_path": series.folder.relative_to(self.data_folder).as_posix(),
         }
         example.update(self.clinical[patient_id])
         example.update(self._annotations(patient_id, series, volume, patient_series))

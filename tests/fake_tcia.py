@@ -396,3 +396,128 @@ def write_xlsx(path, header, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     workbook.save(path)
     return path
+
+
+# ---- whole downloads ------------------------------------------------------------------------------------------
+
+
+class FakeTciaDownload:
+    """A fake NBIA Data Retriever download: `<root>/manifest-<digits>/<Collection>/<PatientID>/<study>/<series>/`.
+
+    `naming` is `descriptive` or `classic` folder names; `file_naming` `retriever36` (`1-001.dcm`) or `old`
+    (`000001.dcm`). Every added series is remembered (`self.series`, dicts) so `write_metadata` can list them.
+    """
+
+    def __init__(self, root, collection, naming="descriptive", file_naming="retriever36", manifest_digits="1603198545583"):
+        self.manifest_folder = Path(root) / f"manifest-{manifest_digits}"
+        self.collection = collection
+        self.collection_folder = self.manifest_folder / collection
+        self.collection_folder.mkdir(parents=True, exist_ok=True)
+        write_license(self.collection_folder)
+        self.naming = naming
+        self.file_naming = file_naming
+        self.series = []
+
+    def add_study(self, patient_id, study_description="NA"):
+        study_uid = new_uid()
+        folder = self.collection_folder / patient_id / study_folder_name(study_uid, self.naming, study_description)
+        return {"patient_id": patient_id, "study_uid": study_uid, "folder": folder, "frame_of_reference_uid": new_uid()}
+
+    def _series_folder(self, study, series_uid, number, description):
+        return study["folder"] / series_folder_name(series_uid, self.naming, number, description)
+
+    def _remember(self, study, modality, sop_class_uid, series_uid, folder, count, description="", manufacturer="", **extra):
+        record = {
+            "patient_id": study["patient_id"], "study_uid": study["study_uid"], "modality": modality,
+            "sop_class_uid": sop_class_uid, "series_uid": series_uid, "folder": folder, "count": count,
+            "description": description, "manufacturer": manufacturer, **extra,
+        }  # fmt: skip
+        self.series.append(record)
+        return record
+
+    def add_ct(self, study, hu, spacing, origin, series_number=0, description="", manufacturer="SIEMENS"):
+        series_uid = new_uid()
+        folder = self._series_folder(study, series_uid, series_number, description or "NA")
+        sop_instance_uids = write_ct_series(
+            folder, hu, spacing, patient_id=study["patient_id"], study_uid=study["study_uid"], series_uid=series_uid,
+            frame_of_reference_uid=study["frame_of_reference_uid"], origin=origin, series_number=series_number,
+            series_description=description, manufacturer=manufacturer, file_naming=self.file_naming,
+        )  # fmt: skip
+        return self._remember(study, "CT", CT_IMAGE_STORAGE, series_uid, folder, hu.shape[0], description, manufacturer,
+                              sop_instance_uids=sop_instance_uids)  # fmt: skip
+
+    def add_seg(self, study, masks, spacing, origin, z_offset=0):
+        series_uid = new_uid()
+        folder = self._series_folder(study, series_uid, 300, "Segmentation")
+        write_seg(
+            folder / "1-1.dcm", masks, spacing, origin=origin, patient_id=study["patient_id"], study_uid=study["study_uid"],
+            series_uid=series_uid, frame_of_reference_uid=study["frame_of_reference_uid"], z_offset=z_offset,
+        )  # fmt: skip
+        return self._remember(study, "SEG", SEGMENTATION_STORAGE, series_uid, folder, 1, "Segmentation", "QIICR")
+
+    def add_rtstruct(self, study, contours, referenced_series_uid):
+        series_uid = new_uid()
+        folder = self._series_folder(study, series_uid, 3, "NA")
+        write_rtstruct(
+            folder / "1-1.dcm", contours, patient_id=study["patient_id"], study_uid=study["study_uid"],
+            series_uid=series_uid, frame_of_reference_uid=study["frame_of_reference_uid"],
+            referenced_series_uid=referenced_series_uid,
+        )  # fmt: skip
+        return self._remember(study, "RTSTRUCT", RT_STRUCTURE_SET_STORAGE, series_uid, folder, 1, "", "Varian Medical Systems")
+
+    def add_secondary_capture(self, study, image, count=3):
+        series_uid = new_uid()
+        folder = self._series_folder(study, series_uid, 1001, "Fused MPR")
+        sop_instance_uids = write_secondary_capture_series(
+            folder, image, patient_id=study["patient_id"], study_uid=study["study_uid"], series_uid=series_uid, count=count
+        )
+        return self._remember(study, "CT", SECONDARY_CAPTURE_STORAGE, series_uid, folder, count, "Fused MPR",
+                              sop_instance_uids=sop_instance_uids)  # fmt: skip
+
+    def manifest_rows(self, windows_paths=False):
+        return [
+            manifest_row(
+                collection=self.collection, series_uid=item["series_uid"], subject_id=item["patient_id"],
+                study_uid=item["study_uid"], modality=item["modality"], sop_class_uid=item["sop_class_uid"],
+                folder=item["folder"], manifest_folder=self.manifest_folder, series_description=item["description"],
+                manufacturer=item["manufacturer"], number_of_images=item["count"], windows_paths=windows_paths,
+            )  # fmt: skip
+            for item in self.series
+        ]
+
+    def write_metadata(self, windows_paths=False, extra_rows=()):
+        return write_manifest_metadata(self.manifest_folder, self.manifest_rows(windows_paths) + list(extra_rows))
+
+
+def strings_in(value):
+    """Every string inside a (nested) dataset row, for checking that no identifying value leaks."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings_in(item)
+
+
+def nifti_array_lps(image):
+    """A decoded `Nifti` feature value back as the (z, y, x) LPS array it was built from."""
+    return np.asarray(image.dataobj).transpose(2, 1, 0)
+
+
+def nifti_world_lps(image, index_zyx):
+    """World (x, y, z) LPS mm of a (z, y, x) voxel according to a decoded NIfTI image's affine."""
+    ras = image.affine @ np.array([index_zyx[2], index_zyx[1], index_zyx[0], 1.0])
+    return np.array([-ras[0], -ras[1], ras[2]])
+
+
+def read_header_of(folder, sop_instance_uid):
+    """The header of the file of `folder` whose SOPInstanceUID is `sop_instance_uid`."""
+    import pydicom
+
+    for path in sorted(Path(folder).glob("*.dcm")):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.SOPInstanceUID == sop_instance_uid:
+            return header
+    raise FileNotFoundError(f"no file with SOPInstanceUID {sop_instance_uid} in {folder}")
