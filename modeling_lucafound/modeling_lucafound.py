@@ -353,6 +353,18 @@ class LuCaFoundSurvivalOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def align_tensor_storage(model, alignment=64):
+    """Copy parameters and buffers that sit at unaligned addresses (memory-mapped safetensors) into fresh memory.
+
+    CPU kernels choose their summation order by the data's alignment, so without this a loaded model can differ
+    from the model that was saved in the last bits; with it, loading reproduces the saved model bit for bit.
+    """
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % alignment:
+            tensor.data = tensor.data.clone()
+    return model
+
+
 class LuCaFoundPreTrainedModel(PreTrainedModel):
     """Weight initialisation (as torchvision's Swin3D and BERT) and shared settings of every LuCaFound model."""
 
@@ -364,6 +376,13 @@ class LuCaFoundPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["LuCaFoundSwinBlock", "BertLayer"]
     accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader, then every tensor moved to aligned memory (see `align_tensor_storage`)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        align_tensor_storage(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
 
     def _init_weights(self, module):
         std = getattr(self.config, "initializer_range", 0.02)
@@ -501,7 +520,8 @@ class LuCaFoundTextModel(LuCaFoundPreTrainedModel):
 
 
 def _build_text_model(text_config):
-    if isinstance(text_config, LuCaFoundTextConfig):
+    # Compare model types, not classes: remote code may load the config and the model from different module copies.
+    if text_config.model_type == LuCaFoundTextConfig.model_type:
         return LuCaFoundTextModel._from_config(text_config)
     return AutoModel.from_config(text_config)
 
@@ -604,7 +624,7 @@ class _LuCaFoundHeadModel(LuCaFoundPreTrainedModel):
     """A CT encoder (frozen or trainable) under a task head; built from a dual-encoder or a vision-only config."""
 
     def __init__(self, config):
-        if isinstance(config, LuCaFoundVisionConfig):
+        if config.model_type == LuCaFoundVisionConfig.model_type:
             config = LuCaFoundConfig(vision_config=config.to_dict())
         super().__init__(config)
         self.vision_model = LuCaFoundVisionModel._from_config(config.vision_config)
