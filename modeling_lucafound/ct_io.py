@@ -119,6 +119,29 @@ def read_ct(source, spacing=None, series_uid=None, max_input_megabytes=None):
     )
 
 
+def read_label(source, spacing=None):
+    """Read a label map (e.g. a tumour segmentation) onto the canonical grid exactly as `read_ct` reads its image.
+
+    `source`: a .nii/.nii.gz/.nrrd/.mhd/.mha file, a SimpleITK image, or a (z, y, x) array already in LPS (then
+    `spacing` is required). Returns a `CTVolume` whose `array` holds the labels as int16 (no HU checks).
+    """
+    sitk = _import_simpleitk()
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CTFileNotFoundError(f"Label file {str(path)!r} does not exist.")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise UnreadableCTError(f"Cannot read the label file {str(path)!r}: {_first_line(error)}.") from None
+        return _volume_from_sitk(image, {"source": str(path)}, None, repr(str(path)), label=True)
+    if isinstance(source, sitk.Image):
+        return _volume_from_sitk(source, {}, None, "the label image", label=True)
+    array = np.asarray(source)
+    _check_volume(array.shape, check_spacing(spacing, "the label array"), None, "the label array")
+    return CTVolume(array=array.astype(np.int16, copy=False), spacing=check_spacing(spacing), metadata={})
+
+
 def check_spacing(spacing, description="the volume"):
     """Return `spacing` as three floats (z, y, x) mm, or raise if it is missing or implausible."""
     if spacing is None:
@@ -270,8 +293,8 @@ def _first_line(error):
     return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
 
 
-def _volume_from_sitk(image, metadata, max_input_megabytes, description):
-    """Reorient a SimpleITK image to LPS (resampling oblique grids) and turn it into a CTVolume."""
+def _volume_from_sitk(image, metadata, max_input_megabytes, description, label=False):
+    """Reorient a SimpleITK image to LPS (resampling oblique grids) and turn it into a CTVolume (or a label map)."""
     sitk = _import_simpleitk()
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise NotCTError(f"{description} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a CT has one.")
@@ -284,7 +307,11 @@ def _volume_from_sitk(image, metadata, max_input_megabytes, description):
     if not _is_identity(image.GetDirection()):
         image = sitk.DICOMOrient(image, "LPS")
         if not _is_identity(image.GetDirection()):
-            image = _resample_to_identity_direction(image)
+            image = _resample_to_identity_direction(image, label)
+    if label:
+        spacing = check_spacing(image.GetSpacing()[::-1], description)
+        array = np.ascontiguousarray(sitk.GetArrayFromImage(image).astype(np.int16, copy=False))
+        return CTVolume(array=array, spacing=spacing, origin=tuple(image.GetOrigin()), metadata=metadata)
     pixel_type = image.GetPixelID()
     if pixel_type in (sitk.sitkFloat32, sitk.sitkFloat64):
         array = _as_hounsfield_int16(sitk.GetArrayViewFromImage(image), description)
@@ -302,8 +329,9 @@ def _is_identity(direction, tolerance=1e-4):
     return bool(np.allclose(np.asarray(direction, dtype=np.float64), np.eye(3).ravel(), atol=tolerance))
 
 
-def _resample_to_identity_direction(image):
-    """Resample an oblique image onto an LPS-aligned grid with the same spacing covering all of it (linear)."""
+def _resample_to_identity_direction(image, label=False):
+    """Resample an oblique image onto an LPS-aligned grid with the same spacing covering all of it (linear; nearest
+    neighbour for label maps)."""
     sitk = _import_simpleitk()
     size = np.asarray(image.GetSize())
     corners = [
@@ -315,7 +343,14 @@ def _resample_to_identity_direction(image):
     spacing = np.asarray(image.GetSpacing())
     new_size = [int(math.ceil(extent)) + 1 for extent in (high - low) / spacing]
     return sitk.Resample(
-        image, new_size, sitk.Transform(), sitk.sitkLinear, tuple(low), tuple(spacing), tuple(np.eye(3).ravel()), -1024.0
+        image,
+        new_size,
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+        tuple(low),
+        tuple(spacing),
+        tuple(np.eye(3).ravel()),
+        0.0 if label else -1024.0,
     )
 
 

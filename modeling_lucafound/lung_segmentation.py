@@ -30,6 +30,9 @@ MINIMUM_LUNG_VOLUME_ML = 250.0
 # Cross-section (mm^2) and distance from the midline (mm) below which a lone air region above the lungs is trachea.
 TRACHEA_MAXIMUM_AREA_MM2 = 700.0
 TRACHEA_MAXIMUM_OFFSET_MM = 20.0
+# Gaps (mm) between lung region voxels along a left-right row up to this width are filled: the narrow mediastinum
+# (paratracheal, aortopulmonary, subcarinal masses) joins the lung region; the heart, wider, does not.
+MEDIASTINAL_BRIDGE_MM = 50.0
 SEGMENTATION_BACKENDS = ("builtin", "lungmask")
 
 
@@ -156,10 +159,11 @@ def _remove_trachea(lungs, coarse_spacing, body, ndimage):
 
 
 def close_tumour_dents(mask, spacing, radius_mm=TUMOUR_CLOSING_RADIUS_MM, ndimage=None):
-    """3D closing with a physical ball (distance transforms, spacing-aware), then hole filling.
+    """3D closing with a physical ball (distance transforms, spacing-aware), mediastinal bridge, hole filling.
 
-    Fills the dents that juxtapleural, hilar and mediastinal masses make in the aerated lung, so they are inside
-    the lung region. A closing never leaves the convex hull of the mask, so it cannot grow it into the abdomen.
+    Fills the dents that juxtapleural and hilar masses make in the aerated lung and the narrow mediastinum between
+    the lungs, so those tumours are inside the lung region. Neither step leaves the convex hull of the mask, so the
+    region never grows into the abdomen or the neck.
     """
     ndimage = ndimage or _import_ndimage()
     pad = [int(math.ceil(radius_mm / s)) + 1 for s in spacing]
@@ -168,8 +172,23 @@ def close_tumour_dents(mask, spacing, radius_mm=TUMOUR_CLOSING_RADIUS_MM, ndimag
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > radius_mm
     closed = closed[pad[0] : pad[0] + mask.shape[0], pad[1] : pad[1] + mask.shape[1], pad[2] : pad[2] + mask.shape[2]]
     closed |= mask
+    closed |= bridge_mediastinum(closed, spacing[2])
     closed = ndimage.binary_fill_holes(closed, structure=_in_plane_structure())
     return ndimage.binary_fill_holes(closed)
+
+
+def bridge_mediastinum(mask, x_spacing, maximum_gap_mm=MEDIASTINAL_BRIDGE_MM):
+    """Voxels in left-right gaps no wider than `maximum_gap_mm` between mask voxels of the same (z, y) row."""
+    seen_left = np.logical_or.accumulate(mask, axis=2)
+    seen_right = np.logical_or.accumulate(mask[:, :, ::-1], axis=2)[:, :, ::-1]
+    gaps = seen_left & seen_right & ~mask
+    if not gaps.any():
+        return gaps
+    # width of each gap run: distance to the previous and next mask voxel along x
+    index = np.arange(mask.shape[2])
+    previous = np.maximum.accumulate(np.where(mask, index, -1), axis=2)
+    following = np.minimum.accumulate(np.where(mask, index, mask.shape[2])[:, :, ::-1], axis=2)[:, :, ::-1]
+    return gaps & ((following - previous - 1) * x_spacing <= maximum_gap_mm)
 
 
 def segment_lungs(hu, spacing, backend="builtin"):
