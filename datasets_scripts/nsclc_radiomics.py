@@ -21,7 +21,9 @@ import numpy as np
 
 from .common import (
     DatasetValueError,
+    is_missing,
     is_preprocessed_config,
+    normalise_text,
     parse_float,
     parse_int,
     read_csv_table,
@@ -54,7 +56,9 @@ TUMOUR_SEGMENT_LABEL = "GTV-1"
 
 def _stage_label(value, prefix, vocabulary, column, row_id):
     """`2`, `2.0` or `T2` -> `T2`; missing -> None; anything else raises `DatasetValueError`."""
-    text = str(value).strip()
+    if is_missing(value):
+        return None
+    text = normalise_text(value)
     if text.upper().startswith(prefix):
         text = text[len(prefix) :]
     number = parse_int(text, column)
