@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -462,11 +463,18 @@ class EmbeddingSummary:
 def distributed_state():
     """(process_index, num_processes, accelerate state or None): one process unless launched by accelerate/torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # without GPUs accelerate only takes a multi-process launch for real when told to run on CPU (gloo)
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes, state
     return 0, 1, None
+
+
+def shard_of(scan_id, num_processes):
+    """Which process embeds `scan_id`: a stable hash of the id, so shares do not depend on what is already done."""
+    return zlib.crc32(scan_id.encode("utf-8")) % num_processes
 
 
 def embed_ct_scans(
@@ -543,7 +551,7 @@ def embed_ct_scans(
     skipped = len(scans) - len(todo)
     if state is not None:
         state.wait_for_everyone()  # every process has read the same finished ids before anyone writes
-    shard = todo[process_index::num_processes]
+    shard = [scan for scan in todo if shard_of(scan.id, num_processes) == process_index]
 
     writer = FeatureTableWriter(output, schema, process_index=process_index, rows_per_part=rows_per_part)
     loader = DataLoader(
