@@ -159,14 +159,13 @@ def classification_metrics_with_intervals(labels, probabilities, n_resamples=DEF
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = probabilities.argmax(axis=1)
-    classes = np.arange(probabilities.shape[1])
     index = np.arange(len(labels))
     metrics = {
         "accuracy": _with_interval(
             lambda rows: accuracy_score(labels[rows], predicted[rows]), [index], n_resamples, confidence, seed
         ),
         "f1_macro": _with_interval(
-            lambda rows: macro_f1_score(labels[rows], predicted[rows], classes), [index], n_resamples, confidence, seed
+            lambda rows: macro_f1_score(labels[rows], predicted[rows]), [index], n_resamples, confidence, seed
         ),
         "auroc": _with_interval(
             lambda rows: auroc_score(labels[rows], probabilities[rows]), [index], n_resamples, confidence, seed
