@@ -69,6 +69,12 @@ class LuCaFoundBuilderConfig(datasets.BuilderConfig):
             )
 
 
+def validated_config(config):
+    """Re-run the config checks: `datasets` sets keyword overrides after the config was constructed."""
+    config.__post_init__()
+    return config
+
+
 def is_preprocessed_config(config):
     """True for the configs that store `pixel_values` instead of the raw volume."""
     return config.name.startswith("preprocessed")

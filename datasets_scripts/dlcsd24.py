@@ -26,6 +26,7 @@ from .common import (
     require_data_dir,
     split_generators_for,
     structured_report_text,
+    validated_config,
     volume_geometry_features,
     world_to_voxel,
 )
@@ -81,6 +82,7 @@ class Dlcsd24(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "raw"
 
     def _info(self):
+        validated_config(self.config)
         nodule = {
             "nodule_id": datasets.Value("string"),
             "center_world": datasets.List(datasets.Value("float64"), length=3),

@@ -16,6 +16,7 @@ from .common import (
     preprocess_for_dataset,
     preprocessed_image_features,
     split_generators_for,
+    validated_config,
     volume_geometry_features,
 )
 from .phantoms import (
@@ -77,6 +78,7 @@ class SyntheticLungCT(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "preprocessed"
 
     def _info(self):
+        validated_config(self.config)
         features = {
             "patient_id": datasets.Value("string"),
             "report": datasets.Value("string"),
