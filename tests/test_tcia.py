@@ -181,3 +181,16 @@ def test_vocabulary_match_ignores_case_spaces_and_full_width_letters():
     assert class_label_value("  ＩＩＩa ", ["I", "II", "IIIa", "IIIb"], "Overall.Stage", "row") == "IIIa"
     assert class_label_value("Not collected", ["Mutant"], "EGFR", "row") is None
     assert class_label_value("Unknown", ["Mutant"], "EGFR", "row") is None
+
+
+def test_builders_of_the_tcia_and_luna16_collections_are_exported_by_name():
+    import datasets_scripts
+    from datasets_scripts.lung_pet_ct_dx import LungPetCtDx
+    from datasets_scripts.luna16 import Luna16
+    from datasets_scripts.nsclc_radiogenomics import NsclcRadiogenomics
+    from datasets_scripts.nsclc_radiomics import NsclcRadiomics
+
+    assert datasets_scripts.get_builder_class("luna16") is Luna16
+    assert datasets_scripts.NsclcRadiomics is NsclcRadiomics
+    assert datasets_scripts.get_builder_class("nsclc-radiogenomics") is NsclcRadiogenomics
+    assert datasets_scripts.LungPetCtDx is LungPetCtDx
