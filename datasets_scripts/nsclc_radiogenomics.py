@@ -14,16 +14,28 @@ minus the surgery date (`CT Date` + `Days between CT and surgery`); `survival_da
 That derivation, and whether `Time to Death (days)` counts from the same day, is UNCONFIRMED as official.
 ALK and Recurrence values outside the documented vocabulary are left empty and counted in
 `unrecognised_values` (their vocabularies are UNCONFIRMED); everything else is strict. Only R01 patients have
-tumour segmentations (SEG, listed in `segment_labels`). AIM XML annotations are not read. Licence UNCONFIRMED.
+tumour segmentations (DICOM SEG): a SEG with exactly one segment on the CT's frame of reference becomes
+`tumor_mask` / `tumor_volume_ml` / `tumor_bbox` (that R01 SEGs hold just the tumour is UNCONFIRMED; other SEGs are
+only listed in `segment_labels`). AIM XML annotations are not read. Licence UNCONFIRMED.
 """
 
 import datetime
 import logging
 
 import datasets
+import numpy as np
 
-from .common import DatasetValueError, SkipCounter, is_missing, normalise_text, parse_float, read_csv_table
-from .tcia import TciaCollectionBuilder, class_label_value, dicom_files, find_table
+from .common import (
+    DatasetValueError,
+    SkipCounter,
+    is_missing,
+    is_preprocessed_config,
+    normalise_text,
+    parse_float,
+    read_csv_table,
+)
+from .nsclc_radiomics import mask_bounding_box, read_segment_mask, segment_labels
+from .tcia import TciaCollectionBuilder, class_label_value, ct_volume_nifti_bytes, dicom_files, find_table, read_dicom_header
 
 
 logger = logging.getLogger(__name__)
@@ -163,7 +175,14 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
         }
 
     def _annotation_features(self):
-        return {"segment_labels": datasets.List(datasets.Value("string"))}
+        features = {
+            "segment_labels": datasets.List(datasets.Value("string")),
+            "tumor_volume_ml": datasets.Value("float32"),
+            "tumor_bbox": datasets.List(datasets.List(datasets.Value("int32"), length=2), length=3),
+        }
+        if not is_preprocessed_config(self.config):
+            features["tumor_mask"] = datasets.Nifti()
+        return features
 
     def _patient_id_of(self, series):
         return series.subject_id.strip()
@@ -179,19 +198,37 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
         return clinical
 
     def _annotations(self, patient_id, series, volume, patient_series):
+        """Segment labels of the patient's SEGs; a SEG with exactly one segment on this CT's frame of reference is
+        taken as the tumour (R01 segmentations; UNCONFIRMED for the real files, so any other SEG gives no mask)."""
         import pydicom
 
-        labels = []
+        frame_of_reference = str(read_dicom_header(dicom_files(series.folder)[0]).get("FrameOfReferenceUID", ""))
+        labels, mask = [], None
         for item in patient_series:
             if item.modality != "SEG":
                 continue
             for path in dicom_files(item.folder):
-                segmentation = pydicom.dcmread(path, stop_before_pixels=True)
-                for segment in segmentation.get("SegmentSequence", []):
-                    label = str(segment.SegmentLabel).strip()
-                    if label not in labels:
-                        labels.append(label)
-        return {"segment_labels": labels}
+                segmentation = pydicom.dcmread(path)
+                segments = segment_labels(segmentation)
+                labels.extend(label for label in segments.values() if label not in labels)
+                same_frame = str(segmentation.get("FrameOfReferenceUID", frame_of_reference)) == frame_of_reference
+                if mask is None and len(segments) == 1 and same_frame:
+                    mask, outside = read_segment_mask(segmentation, volume, next(iter(segments.values())))
+                    if outside:
+                        logger.warning("%s/%s: %d SEG voxel(s) outside the CT grid were dropped", patient_id, series.series_uid, outside)
+        has_tumour = mask is not None and bool(mask.any())
+        annotations = {
+            "segment_labels": labels,
+            "tumor_volume_ml": float(mask.sum() * np.prod(volume.spacing) / 1000.0) if has_tumour else None,
+            "tumor_bbox": mask_bounding_box(mask) if has_tumour else None,
+        }
+        if not is_preprocessed_config(self.config):
+            annotations["tumor_mask"] = (
+                {"bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)), "path": f"{series.series_uid}_tumor.nii.gz"}
+                if has_tumour
+                else None
+            )
+        return annotations
 
     def _clinical_text_fields(self, labels):
         return {

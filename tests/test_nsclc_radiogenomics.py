@@ -158,6 +158,14 @@ def test_seg_segment_labels_are_listed_for_the_patient(raw_build):
     assert _patient(dataset, "AMC-001")["segment_labels"] == []
 
 
+def test_single_segment_seg_becomes_the_tumour_mask_on_the_ct_grid(raw_build, chests):
+    _, dataset = raw_build
+    row = _patient(dataset, "R01-002")
+    np.testing.assert_array_equal(fake_tcia.nifti_array_lps(row["tumor_mask"]).astype(bool), chests[2].lesion_mask)
+    assert row["tumor_volume_ml"] == pytest.approx(chests[2].lesion_mask.sum() * np.prod(chests[2].spacing) / 1000, rel=1e-4)
+    assert _patient(dataset, "AMC-001")["tumor_mask"] is None and _patient(dataset, "AMC-001")["tumor_bbox"] is None
+
+
 def test_last_alive_before_surgery_is_an_error_naming_the_row(tmp_path):
     row = list(CLINICAL_ROWS[1])
     row[CLINICAL_HEADER.index("Date of Last Known Alive")] = "01/01/1999"
