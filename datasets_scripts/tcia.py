@@ -479,14 +479,29 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
                 if labels is not None:
                     self.clinical[patient_id] = labels
         self._prepare_annotations(self.data_folder, collection_folder, self.series_by_patient)
+        # Series without 3D geometry (secondary captures...) are dropped before splitting, so that a split is never
+        # made of patients whose only CT series cannot be read as a volume.
+        self.volume_series = set()
+        for patient_id, patient_series in sorted(self.series_by_patient.items()):
+            for item in patient_series:
+                if item.modality != "CT":
+                    continue
+                try:
+                    problem = series_geometry_problem(item.folder, item.sop_class_uid)
+                except DatasetLayoutError as error:
+                    problem = str(error)
+                if problem:
+                    self.skips.skip(f"{patient_id}/{item.series_uid}", problem)
+                else:
+                    self.volume_series.add(item.series_uid)
         patients = []
         for patient_id, patient_series in sorted(self.series_by_patient.items()):
-            if not any(item.modality == "CT" for item in patient_series):
+            if not any(item.series_uid in self.volume_series for item in patient_series):
                 continue
             if patient_id not in self.clinical:
                 for item in patient_series:
-                    if item.modality == "CT":
-                        self.skips.skip(item.series_uid, f"patient {patient_id} is not in the clinical table")
+                    if item.series_uid in self.volume_series:
+                        self.skips.skip(f"{patient_id}/{item.series_uid}", f"patient {patient_id} is not in the clinical table")
                 continue
             patients.append(patient_id)
         without_images = sorted(set(self.clinical) - set(self.series_by_patient))
@@ -510,7 +525,7 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
         for patient_id in patients:
             patient_series = self.series_by_patient[patient_id]
             for series in sorted(patient_series, key=lambda item: item.series_uid):
-                if series.modality != "CT":
+                if series.series_uid not in self.volume_series:
                     continue
                 example = self._series_example(patient_id, series, patient_series)
                 if example is not None:
@@ -519,13 +534,6 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
 
     def _series_example(self, patient_id, series, patient_series):
         key = f"{patient_id}/{series.series_uid}"
-        try:
-            problem = series_geometry_problem(series.folder, series.sop_class_uid)
-        except DatasetLayoutError as error:
-            problem = str(error)
-        if problem:
-            self.skips.skip(key, problem)
-            return None
         try:
             volume = read_series_volume(series.folder)
         except LuCaFoundInputError as error:

@@ -135,3 +135,17 @@ def test_unrecognised_stage_value_is_left_empty_and_counted(tmp_path):
     counter = SkipCounter("values")
     assert read_clinical_workbook(tmp_path / WORKBOOK_NAME, counter)["Lung_Dx-A0001"]["t_stage"] is None
     assert counter.total == 1
+
+
+def test_patient_whose_only_series_is_a_secondary_capture_enters_no_split(tmp_path):
+    fake = fake_tcia.FakeTciaDownload(tmp_path / "download", "Lung-PET-CT-Dx")
+    chest = fake_tcia.phantom(34)
+    fake.add_ct(fake.add_study("Lung_Dx-A0001"), chest.hu[:6], chest.spacing, chest.origin)
+    fake.add_secondary_capture(fake.add_study("Lung_Dx-E0002"), np.zeros((16, 16), np.uint16))
+    fake.write_metadata()
+    fake_tcia.write_xlsx(tmp_path / "download" / WORKBOOK_NAME, fake_tcia.LUNG_PET_CT_DX_CLINICAL_HEADER, WORKBOOK_ROWS)
+    builder = LungPetCtDx(data_dir=str(tmp_path / "download"), cache_dir=str(tmp_path / "cache"), validation_fraction=0.0, test_fraction=0.5)
+    builder.download_and_prepare()
+    assert set(builder.patient_splits) == {"Lung_Dx-A0001"}
+    assert builder.as_dataset()["train"]["patient_id"] == ["Lung_Dx-A0001"]
+    assert any("Lung_Dx-E0002" in key and "secondary-capture" in reason for key, reason in builder.skips.skipped)
