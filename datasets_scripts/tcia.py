@@ -259,10 +259,11 @@ def discover_series(collection_folder, skips=None):
     return series
 
 
-def list_collection_series(data_dir, collection, skips=None):
+def list_collection_series(data_dir, collection, skips=None, duplicates=None):
     """Every series of `collection` under `data_dir`: from `metadata.csv` if present, else from DICOM headers.
 
-    A series UID listed twice is kept once and reported (logged, counted in `skips` as a duplicate).
+    A series UID listed twice is kept once and reported (logged, counted in `skips`, and appended to
+    `duplicates.duplicates` as `(repeat folder, first folder)` when a `DuplicateDetector` is given).
     Returns `(collection_folder, series)`.
     """
     collection_folder = find_collection_folder(data_dir, collection)
@@ -276,6 +277,8 @@ def list_collection_series(data_dir, collection, skips=None):
     for item in series:
         if item.series_uid in seen:
             reason = f"duplicate series UID (same series as {seen[item.series_uid]})"
+            if duplicates is not None:
+                duplicates.duplicates.append((str(item.folder), str(seen[item.series_uid])))
             if skips is not None:
                 skips.skip(str(item.folder), reason)
             else:
@@ -468,7 +471,9 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
         self.data_folder = require_data_dir(self.config, self.DATASET_NAME)
         self.skips = SkipCounter(self.DATASET_NAME)
         self.duplicates = DuplicateDetector(self.DATASET_NAME)
-        collection_folder, series = list_collection_series(self.data_folder, self.COLLECTION, skips=self.skips)
+        collection_folder, series = list_collection_series(
+            self.data_folder, self.COLLECTION, skips=self.skips, duplicates=self.duplicates
+        )
         self.clinical = self._read_clinical(self.data_folder, collection_folder)
         self.series_by_patient = {}
         for item in series:

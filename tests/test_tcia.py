@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fake_tcia
-from datasets_scripts.common import DatasetLayoutError, DatasetValueError, SkipCounter
+from datasets_scripts.common import DatasetLayoutError, DatasetValueError, DuplicateDetector, SkipCounter
 from datasets_scripts.tcia import (
     class_label_value,
     dicom_box_to_volume_box,
@@ -126,9 +126,10 @@ def test_repeated_series_uid_is_kept_once_and_counted(download, tmp_path):
     rows = fake.manifest_rows()
     fake_tcia.write_manifest_metadata(fake.manifest_folder, rows + [rows[0]])
     try:
-        skips = SkipCounter("test")
-        _, series = list_collection_series(fake.manifest_folder, "NSCLC-Radiomics", skips=skips)
+        skips, duplicates = SkipCounter("test"), DuplicateDetector("test")
+        _, series = list_collection_series(fake.manifest_folder, "NSCLC-Radiomics", skips=skips, duplicates=duplicates)
         assert len(series) == 4 and skips.total == 1 and "duplicate series UID" in skips.skipped[0][1]
+        assert duplicates.duplicates == [(str(series[0].folder), str(series[0].folder))]
     finally:
         fake_tcia.write_manifest_metadata(fake.manifest_folder, rows)
 
