@@ -414,3 +414,10 @@ def nifti_bytes_from_lps_volume(array, spacing, origin, direction=None, compress
     image.set_sform(affine_ras, code=1)
     data = image.to_bytes()
     return gzip.compress(data, compresslevel=1) if compress else data
+
+
+def non_empty_splits(builder):
+    """`builder.as_dataset()` for the splits that kept at least one example (skips can empty a split, and
+    `as_dataset()` refuses empty splits)."""
+    names = [name for name, info in builder.info.splits.items() if info.num_examples > 0]
+    return datasets.DatasetDict({name: builder.as_dataset(split=name) for name in names})

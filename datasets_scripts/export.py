@@ -100,10 +100,11 @@ def push_dataset_to_hub(dataset_dict, repo_id, config_name="default", private=Tr
 def build_dataset(name, config_name, data_dir=None, cache_dir=None, **config_fields):
     """Build one LuCaFound dataset by short name (`synthetic`, `ct-rate`...) and return its `DatasetDict`."""
     from . import get_builder_class
+    from .common import non_empty_splits
 
     builder = get_builder_class(name)(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_fields)
     builder.download_and_prepare()
-    return builder.as_dataset()
+    return non_empty_splits(builder)
 
 
 def main(argv=None):
