@@ -149,3 +149,15 @@ def test_patient_whose_only_series_is_a_secondary_capture_enters_no_split(tmp_pa
     assert set(builder.patient_splits) == {"Lung_Dx-A0001"}
     assert builder.as_dataset()["train"]["patient_id"] == ["Lung_Dx-A0001"]
     assert any("Lung_Dx-E0002" in key and "secondary-capture" in reason for key, reason in builder.skips.skipped)
+
+
+def test_raw_build_exports_to_parquet_and_loads_back_with_volume_and_boxes(build, download, tmp_path):
+    from datasets_scripts.export import export_to_parquet, load_exported
+
+    _, train = build
+    export_to_parquet({"train": train}, tmp_path / "export", config_name="raw")
+    loaded = load_exported(tmp_path / "export", config_name="raw")["train"]
+    assert loaded.features == train.features
+    row = _row(loaded, "Lung_Dx-A0001")
+    np.testing.assert_array_equal(fake_tcia.nifti_array_lps(row["image"]), download[1]["Lung_Dx-A0001"].hu)
+    assert row["boxes"] == _row(train, "Lung_Dx-A0001")["boxes"]
