@@ -145,7 +145,7 @@ class ZeroShotClassifier:
         return ensembles
 
     @torch.no_grad()
-    def image_embeddings(self, images=None, pixel_values=None, spacing=None):
+    def image_embeddings(self, images=None, pixel_values=None, spacing=None, series_uid=None):
         """Normalised CT embeddings (B, projection_dim) from volumes (through the image processor) or pixel_values."""
         if pixel_values is None:
             if images is None:
@@ -155,12 +155,13 @@ class ZeroShotClassifier:
                     "this classifier has no image processor to read CT volumes; pass `pixel_values` or load a folder "
                     "saved with its LuCaFoundProcessor"
                 )
-            pixel_values = self.image_processor(images, spacing=spacing, return_tensors="pt")["pixel_values"]
+            options = {"series_uid": series_uid} if series_uid else {}
+            pixel_values = self.image_processor(images, spacing=spacing, return_tensors="pt", **options)["pixel_values"]
         pixel_values = torch.as_tensor(pixel_values, dtype=torch.float32).to(self.device)
         return F.normalize(self.model.get_image_features(pixel_values=pixel_values).float(), dim=-1)
 
     @torch.no_grad()
-    def classify(self, images=None, labels=(), exclusive=False, pixel_values=None, spacing=None):
+    def classify(self, images=None, labels=(), exclusive=False, pixel_values=None, spacing=None, series_uid=None):
         """Zero-shot probabilities, one dict per CT.
 
         Independent findings (default): {label: P(present)} from a two-way softmax between the label's present- and
@@ -169,7 +170,7 @@ class ZeroShotClassifier:
         temperature, so probabilities are as sharp as pretraining made them.
         """
         ensembles = self.prompt_ensembles(labels)
-        image_embeds = self.image_embeddings(images, pixel_values, spacing)
+        image_embeds = self.image_embeddings(images, pixel_values, spacing, series_uid)
         scale = self.model.clamped_logit_scale().exp().float() if hasattr(self.model, "clamped_logit_scale") else 100.0
         positive = torch.stack([ensemble.positive_embedding for ensemble in ensembles])  # (L, E)
         positive_logits = scale * image_embeds @ positive.t()  # (B, L)

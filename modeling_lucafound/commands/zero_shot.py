@@ -59,15 +59,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model} has no preprocessor_config.json: save the LuCaFoundProcessor next to the model so CT "
             "volumes are preprocessed exactly as in pretraining"
         )
-    image = args.volume
-    if args.series_uid:
-        from ..ct_io import read_ct
-
-        volume = read_ct(args.volume, series_uid=args.series_uid)
-        image, spacing = volume.array, volume.spacing
-    else:
-        spacing = None
-    probabilities = classifier.classify(images=image, labels=args.labels, exclusive=args.exclusive, spacing=spacing)[0]
+    probabilities = classifier.classify(
+        images=args.volume, labels=args.labels, exclusive=args.exclusive, series_uid=args.series_uid
+    )[0]
     result = {
         "volume": str(args.volume),
         "model": str(args.model),
