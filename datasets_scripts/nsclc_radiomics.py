@@ -4,14 +4,14 @@ Reads the NBIA Data Retriever download (`manifest-*/NSCLC-Radiomics/LUNG1-NNN/<s
 descriptive folder names) and `NSCLC-Radiomics-Lung1.clinical-version3-Oct-2019.csv`. One example per CT series
 (one per patient in the real collection), labelled with histology, clinical T/N/M and overall stage, survival
 days and event; the gross tumour volume (`GTV-1`) comes from the patient's DICOM SEG (Manufacturer QIICR),
-placed on the CT grid by each frame's position, and the RTSTRUCT's ROI names are listed.
+placed on the CT grid by each frame's position, or, for downloads without SEG, from the RTSTRUCT's `GTV-1`
+contours filled slice by slice (`gtv_source` says which); the RTSTRUCT's ROI names are listed.
 
 Real-data notes (DATASETS.md section 2): LUNG1-128 has no tumour segmentation (GTV columns empty); the SEG of
 LUNG1-014, 021, 085, 095 and 194 differs in shape from the image: frames are placed by position, voxels outside
 the CT grid are dropped and logged. `clinical.T.Stage` is lower case; T may be written `2` or `2.0`; missing
 values are blank (a literal `NA` is treated the same, UNCONFIRMED). The meaning of T5 and M3 is UNCONFIRMED:
-they are kept as their own classes. The licence is UNCONFIRMED (CC BY 3.0 per neuro-ml/amid). RTSTRUCT
-contours are not rasterised (the SEG carries the same GTV).
+they are kept as their own classes. The licence is UNCONFIRMED (CC BY 3.0 per neuro-ml/amid).
 """
 
 import logging
@@ -140,6 +140,44 @@ def rtstruct_roi_names(path):
     return [str(item.ROIName).strip() for item in header.get("StructureSetROISequence", [])]
 
 
+def rtstruct_roi_mask(path, volume, roi_name):
+    """Boolean mask of one RTSTRUCT ROI on the grid of `volume` (None if the file has no such ROI).
+
+    Each closed planar contour is mapped from world mm into the array and filled on its slice (voxel centres
+    inside the polygon); several contours on one slice combine by exclusive or, so holes stay empty.
+    Returns `(mask, points_outside)`.
+    """
+    from matplotlib.path import Path as Polygon
+
+    structure_set = read_dicom_header(path)
+    numbers = [int(item.ROINumber) for item in structure_set.get("StructureSetROISequence", []) if str(item.ROIName).strip().lower() == roi_name.lower()]
+    if not numbers:
+        return None, 0
+    mask = np.zeros(volume.array.shape, dtype=bool)
+    outside = 0
+    for roi_contour in structure_set.get("ROIContourSequence", []):
+        if int(roi_contour.ReferencedROINumber) not in numbers:
+            continue
+        for contour in roi_contour.get("ContourSequence", []):
+            points = np.asarray([float(value) for value in contour.ContourData]).reshape(-1, 3)
+            indices = np.asarray([volume_index_of_world(point, volume) for point in points])
+            z_index = int(np.rint(indices[:, 0].mean()))
+            if not 0 <= z_index < mask.shape[0]:
+                outside += len(points)
+                continue
+            polygon = Polygon(indices[:, [2, 1]])  # (x, y) of the slice
+            x_low, y_low = np.maximum(np.floor(indices[:, [2, 1]].min(axis=0)).astype(int), 0)
+            x_high = min(int(np.ceil(indices[:, 2].max())), mask.shape[2] - 1)
+            y_high = min(int(np.ceil(indices[:, 1].max())), mask.shape[1] - 1)
+            if x_high < x_low or y_high < y_low:
+                outside += len(points)
+                continue
+            grid_y, grid_x = np.mgrid[y_low : y_high + 1, x_low : x_high + 1]
+            inside = polygon.contains_points(np.column_stack([grid_x.ravel(), grid_y.ravel()])).reshape(grid_x.shape)
+            mask[z_index, y_low : y_high + 1, x_low : x_high + 1] ^= inside
+    return mask, outside
+
+
 def mask_bounding_box(mask):
     """Inclusive [[z0, z1], [y0, y1], [x0, x1]] of a non-empty mask."""
     box = []
@@ -181,6 +219,7 @@ class NsclcRadiomics(TciaCollectionBuilder):
         features = {
             "gtv_volume_ml": datasets.Value("float32"),
             "gtv_bbox": datasets.List(datasets.List(datasets.Value("int32"), length=2), length=3),
+            "gtv_source": datasets.Value("string"),
             "segment_labels": datasets.List(datasets.Value("string")),
             "rtstruct_roi_names": datasets.List(datasets.Value("string")),
         }
@@ -216,17 +255,25 @@ class NsclcRadiomics(TciaCollectionBuilder):
                     mask, outside = read_segment_mask(segmentation, volume, TUMOUR_SEGMENT_LABEL)
         if outside:
             logger.warning("%s: %d %s voxel(s) of the SEG lie outside the CT grid and were dropped", key, outside, TUMOUR_SEGMENT_LABEL)
+        source = "SEG" if mask is not None else None
         roi_names = []
         for item in patient_series:
             if item.modality == "RTSTRUCT":
                 for path in dicom_files(item.folder):
                     roi_names.extend(rtstruct_roi_names(path))
+                    if mask is None:
+                        # A download without the SEG (e.g. only CT and RTSTRUCT selected) still has the GTV as contours.
+                        mask, outside = rtstruct_roi_mask(path, volume, TUMOUR_SEGMENT_LABEL)
+                        source = "RTSTRUCT" if mask is not None else None
+                        if outside:
+                            logger.warning("%s: %d RTSTRUCT contour point(s) lie outside the CT grid", key, outside)
         has_tumour = mask is not None and bool(mask.any())
         if mask is not None and not has_tumour:
             logger.warning("%s: the %s segment is empty on this CT grid", key, TUMOUR_SEGMENT_LABEL)
         annotations = {
             "gtv_volume_ml": float(mask.sum() * np.prod(volume.spacing) / 1000.0) if has_tumour else None,
             "gtv_bbox": mask_bounding_box(mask) if has_tumour else None,
+            "gtv_source": source if has_tumour else None,
             "segment_labels": labels,
             "rtstruct_roi_names": roi_names,
         }

@@ -5,7 +5,8 @@ import pytest
 
 import fake_tcia
 from datasets_scripts.common import DatasetLayoutError, DatasetValueError
-from datasets_scripts.nsclc_radiomics import CLINICAL_COLUMNS, NsclcRadiomics, read_lung1_clinical
+from datasets_scripts.nsclc_radiomics import CLINICAL_COLUMNS, NsclcRadiomics, read_lung1_clinical, rtstruct_roi_mask
+from modeling_lucafound.ct_io import CTVolume
 
 
 CLINICAL_NAME = "NSCLC-Radiomics-Lung1.clinical-version3-Oct-2019.csv"
@@ -39,7 +40,8 @@ def lung1_download(tmp_path_factory, chests):
             fake.add_seg(study, {"GTV-1": chest.lesion_mask, "Lung-Left": lungs}, chest.spacing, chest.origin,
                          z_offset=1 if patient_id == "LUNG1-002" else 0)  # fmt: skip
         contour = np.array([[0.0, 0.0, chest.origin[2]], [10.0, 0.0, chest.origin[2]], [10.0, 10.0, chest.origin[2]]])
-        fake.add_rtstruct(study, {"GTV-1": [contour], "Lung-Left": [contour]}, ct["series_uid"])
+        rois = {"Lung-Left": [contour]} if patient_id == "LUNG1-003" else {"GTV-1": [contour], "Lung-Left": [contour]}
+        fake.add_rtstruct(study, rois, ct["series_uid"])
     fake.write_metadata(windows_paths=True)
     fake_tcia.write_csv(root / CLINICAL_NAME, CLINICAL_HEADER, CLINICAL_ROWS)
     return root
@@ -131,7 +133,7 @@ def test_seg_frames_off_the_ct_grid_are_placed_by_their_position(raw_build, ches
 def test_patient_without_a_gtv_segment_has_empty_gtv_columns(raw_build):
     _, dataset = raw_build
     row = _rows_by_patient(dataset)["LUNG1-003"]
-    assert row["gtv_mask"] is None and row["gtv_volume_ml"] is None and row["gtv_bbox"] is None
+    assert row["gtv_mask"] is None and row["gtv_volume_ml"] is None and row["gtv_bbox"] is None and row["gtv_source"] is None
     assert row["segment_labels"] == ["Lung-Left", "Lung-Right"]
 
 
@@ -139,6 +141,19 @@ def test_rtstruct_roi_names_and_seg_labels_are_listed(raw_build):
     _, dataset = raw_build
     row = _rows_by_patient(dataset)["LUNG1-001"]
     assert row["rtstruct_roi_names"] == ["GTV-1", "Lung-Left"] and row["segment_labels"] == ["GTV-1", "Lung-Left"]
+    assert row["gtv_source"] == "SEG"
+
+
+def test_rtstruct_contours_are_filled_on_their_slice_with_holes_kept_empty(tmp_path):
+    volume = CTVolume(array=np.zeros((5, 20, 30), np.int16), spacing=(2.0, 1.0, 1.0), origin=(-10.0, -5.0, 100.0))
+    outer = np.array([[-6.0, -2.0, 104.0], [4.0, -2.0, 104.0], [4.0, 8.0, 104.0], [-6.0, 8.0, 104.0]])  # x 4..14, y 3..13, z 2
+    hole = np.array([[-3.5, 0.5, 104.0], [1.5, 0.5, 104.0], [1.5, 5.5, 104.0], [-3.5, 5.5, 104.0]])  # x 7..11, y 6..10
+    fake_tcia.write_rtstruct(tmp_path / "1-1.dcm", {"GTV-1": [outer, hole]}, patient_id="LUNG1-009", study_uid="1.2.3",
+                             series_uid="1.2.3.4", frame_of_reference_uid="1.2.3.5", referenced_series_uid="1.2.3.6")  # fmt: skip
+    mask, outside = rtstruct_roi_mask(tmp_path / "1-1.dcm", volume, "GTV-1")
+    assert outside == 0 and mask[[0, 1, 3, 4]].sum() == 0
+    assert mask[2, 5, 5] and mask[2, 12, 13] and not mask[2, 8, 9] and not mask[2, 2, 5] and not mask[2, 5, 16]
+    assert rtstruct_roi_mask(tmp_path / "1-1.dcm", volume, "Heart") == (None, 0)
 
 
 def test_rows_carry_no_patient_identifying_header_values(raw_build):
