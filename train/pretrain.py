@@ -633,6 +633,12 @@ def main(argv=None):
     eval_split = set_ct_transforms(splits[eval_name]) if eval_name else None
 
     module = ContrastiveTrainingModule(model)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        # No DataLoader goes through `prepare` (each process shards its own data), so DeepSpeed is told the
+        # micro-batch here; its own accumulation stays 1 (accumulation with feature caching happens above it).
+        deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        deepspeed_config["train_micro_batch_size_per_gpu"] = options.batch_size
+        deepspeed_config["gradient_accumulation_steps"] = 1
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr, betas=(0.9, 0.98),
                                   eps=1e-6)
     module, optimizer = accelerator.prepare(module, optimizer)
