@@ -124,6 +124,8 @@ class CtRate(datasets.GeneratorBasedBuilder):
             reports = read_csv_table(reports_path, REPORT_COLUMNS)
             labels = read_csv_table(root / "multi_abnormality_labels" / f"{labels_prefix}_predicted_labels.csv", ("VolumeName",) + FINDING_COLUMNS)
             metadata = read_csv_table(root / "metadata" / f"{table_prefix}_metadata.csv", METADATA_COLUMNS)
+            for row in labels:  # checked up front: a bad label stops the build before anything is written
+                _finding_labels(_volume_stem(row["VolumeName"]), row)
             self._tables[folder] = (reports, _by_volume(labels), _by_volume(metadata))
             for row in reports:
                 official[patient_of(_volume_stem(row["VolumeName"]))] = split
@@ -278,6 +280,16 @@ def hounsfield_from_stored(values, slope, intercept, description):
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), already
 
 
+def _finding_labels(name, labels):
+    values = {}
+    for finding in FINDING_COLUMNS:
+        value = parse_int(labels[finding], finding)
+        if value not in (0, 1):
+            raise DatasetLayoutError(f"{name}: label {finding!r} must be 0 or 1, got {labels[finding]!r}")
+        values[finding_column_name(finding)] = value
+    return values
+
+
 def _text_and_labels(name, report, labels, metadata):
     clinical = report["ClinicalInformation_EN"]
     parts = []
@@ -295,11 +307,7 @@ def _text_and_labels(name, report, labels, metadata):
         "findings": report["Findings_EN"],
         "impressions": report["Impressions_EN"],
     }
-    for finding in FINDING_COLUMNS:
-        value = parse_int(labels[finding], finding)
-        if value not in (0, 1):
-            raise DatasetLayoutError(f"{name}: label {finding!r} must be 0 or 1, got {labels[finding]!r}")
-        example[finding_column_name(finding)] = value
+    example.update(_finding_labels(name, labels))
     age = metadata.get("PatientAge", "")
     example["patient_sex"] = None if is_missing(metadata.get("PatientSex")) else metadata["PatientSex"]
     example["patient_age"] = int(age.rstrip("Yy")) if age and age.rstrip("Yy").isdigit() else None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from datasets_scripts import CtRate
-from datasets_scripts.common import DatasetLayoutError, non_empty_splits, read_csv_table
+from datasets_scripts.common import DatasetLayoutError, DatasetValueError, non_empty_splits, read_csv_table
 from datasets_scripts.ct_rate import CtRateVolumeError, hounsfield_from_stored
 from fake_collections_nifti import CT_RATE_FINDINGS, write_corrupt_gzip, write_csv, write_fake_ct_rate
 
@@ -121,3 +121,15 @@ def test_missing_label_column_is_a_layout_error(fake_download, tmp_path):
 def test_values_that_are_neither_hu_nor_rescalable_are_refused():
     with pytest.raises(CtRateVolumeError, match="cannot tell whether the values are HU"):
         hounsfield_from_stored(np.full((4, 4, 4), 500.0, dtype=np.float32), 1.0, -1024.0, "x.nii.gz")
+
+
+def test_label_that_is_not_0_or_1_stops_the_build(fake_download, tmp_path):
+    root, _ = fake_download
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    table = copy / "dataset/multi_abnormality_labels/train_predicted_labels.csv"
+    rows = read_csv_table(table, ["VolumeName", "Lung nodule"])
+    rows[0]["Lung nodule"] = "0.7"
+    write_csv(table, list(rows[0]), [list(row.values()) for row in rows])
+    with pytest.raises(DatasetValueError, match="column .Lung nodule.: .0.7. is not a whole number"):
+        CtRate(config_name="raw", data_dir=str(copy), cache_dir=str(tmp_path / "cache")).download_and_prepare()
