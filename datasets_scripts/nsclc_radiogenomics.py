@@ -34,8 +34,16 @@ from .common import (
     parse_float,
     read_csv_table,
 )
-from .nsclc_radiomics import mask_bounding_box, read_segment_mask, segment_labels
-from .tcia import TciaCollectionBuilder, class_label_value, ct_volume_nifti_bytes, dicom_files, find_table, read_dicom_header
+from .nsclc_radiomics import mask_bounding_box, read_segment_mask_from_file, segment_labels
+from .tcia import (
+    TciaCollectionBuilder,
+    class_label_value,
+    ct_volume_nifti_bytes,
+    dicom_files,
+    find_table,
+    read_dicom_dataset,
+    read_dicom_header,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -200,20 +208,18 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
     def _annotations(self, patient_id, series, volume, patient_series):
         """Segment labels of the patient's SEGs; a SEG with exactly one segment on this CT's frame of reference is
         taken as the tumour (R01 segmentations; UNCONFIRMED for the real files, so any other SEG gives no mask)."""
-        import pydicom
-
         frame_of_reference = str(read_dicom_header(dicom_files(series.folder)[0]).get("FrameOfReferenceUID", ""))
         labels, mask = [], None
         for item in patient_series:
             if item.modality != "SEG":
                 continue
             for path in dicom_files(item.folder):
-                segmentation = pydicom.dcmread(path)
+                segmentation = read_dicom_dataset(path)
                 segments = segment_labels(segmentation)
                 labels.extend(label for label in segments.values() if label not in labels)
                 same_frame = str(segmentation.get("FrameOfReferenceUID", frame_of_reference)) == frame_of_reference
                 if mask is None and len(segments) == 1 and same_frame:
-                    mask, outside = read_segment_mask(segmentation, volume, next(iter(segments.values())))
+                    mask, outside = read_segment_mask_from_file(segmentation, path, volume, next(iter(segments.values())))
                     if outside:
                         logger.warning("%s/%s: %d SEG voxel(s) outside the CT grid were dropped", patient_id, series.series_uid, outside)
         has_tumour = mask is not None and bool(mask.any())

@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    DatasetLayoutError,
     DatasetValueError,
     is_missing,
     is_preprocessed_config,
@@ -33,6 +34,7 @@ from .tcia import (
     class_label_value,
     ct_volume_nifti_bytes,
     dicom_files,
+    read_dicom_dataset,
     read_dicom_header,
     volume_index_of_world,
 )
@@ -132,6 +134,14 @@ def read_segment_mask(segmentation, volume, segment_label):
         indices = indices[inside]
         mask[indices[:, 0], indices[:, 1], indices[:, 2]] = True
     return mask, outside
+
+
+def read_segment_mask_from_file(segmentation, path, volume, segment_label):
+    """`read_segment_mask` with a SEG whose structure is damaged reported as DatasetLayoutError naming the file."""
+    try:
+        return read_segment_mask(segmentation, volume, segment_label)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
+        raise DatasetLayoutError(f"{path} is a malformed DICOM SEG ({error!r}); re-download that series.") from error
 
 
 def rtstruct_roi_names(path):
@@ -236,8 +246,6 @@ class NsclcRadiomics(TciaCollectionBuilder):
         return read_lung1_clinical(path)
 
     def _annotations(self, patient_id, series, volume, patient_series):
-        import pydicom
-
         key = f"{patient_id}/{series.series_uid}"
         ct_files = dicom_files(series.folder)
         frame_of_reference = str(read_dicom_header(ct_files[0]).get("FrameOfReferenceUID", ""))
@@ -246,13 +254,13 @@ class NsclcRadiomics(TciaCollectionBuilder):
             if item.modality != "SEG":
                 continue
             for path in dicom_files(item.folder):
-                segmentation = pydicom.dcmread(path)
+                segmentation = read_dicom_dataset(path)
                 seg_frame_of_reference = str(segmentation.get("FrameOfReferenceUID", ""))
                 if frame_of_reference and seg_frame_of_reference and seg_frame_of_reference != frame_of_reference:
                     continue
                 labels.extend(label for label in segment_labels(segmentation).values() if label not in labels)
                 if mask is None:
-                    mask, outside = read_segment_mask(segmentation, volume, TUMOUR_SEGMENT_LABEL)
+                    mask, outside = read_segment_mask_from_file(segmentation, path, volume, TUMOUR_SEGMENT_LABEL)
         if outside:
             logger.warning("%s: %d %s voxel(s) of the SEG lie outside the CT grid and were dropped", key, outside, TUMOUR_SEGMENT_LABEL)
         source = "SEG" if mask is not None else None

@@ -306,6 +306,19 @@ def series_geometry_problem(folder, sop_class_uid=""):
     return None
 
 
+def read_dicom_dataset(path):
+    """One whole DICOM file (header and pixels, e.g. a SEG or RTSTRUCT); DatasetLayoutError if it is unreadable."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path)
+        if "PixelData" in dataset:
+            dataset.pixel_array  # decode now, so damaged pixel data fails here with the file's name
+    except Exception as error:  # pydicom raises several types for damaged files
+        raise DatasetLayoutError(f"{path} is not a readable DICOM file ({error}); re-download that series.") from error
+    return dataset
+
+
 def read_series_volume(folder):
     """The series as a `CTVolume` (HU, LPS, (z, y, x)) via `read_ct`; unreadable input raises LuCaFoundInputError."""
     from modeling_lucafound.ct_io import read_ct
@@ -556,7 +569,11 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
             "manufacturer": series.manufacturer,
         }
         example.update(self.clinical[patient_id])
-        example.update(self._annotations(patient_id, series, volume, patient_series))
+        try:
+            example.update(self._annotations(patient_id, series, volume, patient_series))
+        except LuCaFoundInputError as error:
+            self.skips.skip(key, f"unreadable annotation: {error}")
+            return None
         if is_preprocessed_config(self.config):
             try:
                 example.update(preprocess_for_dataset(volume.array, self.config, spacing=volume.spacing))

@@ -218,3 +218,20 @@ def test_clinical_text_option_describes_the_clinical_fields(preprocessed_build):
     _, dataset = preprocessed_build
     text = _rows_by_patient(dataset)["LUNG1-001"]["text"]
     assert text == "Sex: male. Age: 79. Histology: large cell. Clinical T stage: T2. Clinical N stage: N3. Clinical M stage: M0. Overall stage: IIIb."
+
+
+def test_corrupt_seg_skips_its_ct_with_a_counted_reason_instead_of_a_wrong_gtv(tmp_path, chests):
+    fake = fake_tcia.FakeTciaDownload(tmp_path / "download", "NSCLC-Radiomics")
+    for patient_id in ("LUNG1-001", "LUNG1-002"):
+        chest = chests[patient_id]
+        study = fake.add_study(patient_id)
+        fake.add_ct(study, chest.hu, chest.spacing, chest.origin)
+        seg = fake.add_seg(study, {"GTV-1": chest.lesion_mask}, chest.spacing, chest.origin)
+    seg_file = seg["folder"] / "1-1.dcm"
+    seg_file.write_bytes(seg_file.read_bytes()[:-200])
+    fake.write_metadata()
+    fake_tcia.write_csv(tmp_path / "download" / CLINICAL_NAME, CLINICAL_HEADER, CLINICAL_ROWS)
+    builder = NsclcRadiomics(data_dir=str(tmp_path / "download"), cache_dir=str(tmp_path / "cache"), test_fraction=0.0)
+    builder.download_and_prepare()
+    assert builder.as_dataset()["train"]["patient_id"] == ["LUNG1-001"]
+    assert builder.skips.total == 1 and "unreadable annotation" in builder.skips.skipped[0][1]
