@@ -8,7 +8,8 @@ Reads the folder as the official archive unpacks: `subset0/ ... subset9/` with `
 Coordinates: the CSVs hold ITK physical (world, LPS) millimetres. Each scan is read with `read_ct`, which puts
 it into the canonical LPS (z, y, x) array with identity direction, so a scan whose `TransformMatrix` flips x/y
 is mirrored there and its origin moves to the other corner; nodule centres are converted with that final
-geometry (`world_to_voxel`), never with the header's `Offset` alone. Voxel values are used as HU (the official
+geometry (`world_to_voxel`), never with the header's `Offset` alone. `center_voxel` always indexes that full canonical array, also in the
+`preprocessed` config (map it into `pixel_values` with `crop_bbox`). Voxel values are used as HU (the official
 statement is UNCONFIRMED).
 
 No patient ids: the 888 scans come from 601 patients, but LUNA16 publishes only series UIDs. Splits group by

@@ -195,3 +195,15 @@ def test_builders_of_the_tcia_and_luna16_collections_are_exported_by_name():
     assert datasets_scripts.NsclcRadiomics is NsclcRadiomics
     assert datasets_scripts.get_builder_class("nsclc-radiogenomics") is NsclcRadiogenomics
     assert datasets_scripts.LungPetCtDx is LungPetCtDx
+
+
+def test_ct_series_without_image_position_has_no_geometry(tmp_path, chest):
+    import pydicom
+
+    fake = fake_tcia.FakeTciaDownload(tmp_path, "NSCLC-Radiomics")
+    ct = fake.add_ct(fake.add_study("LUNG1-001"), chest.hu[:3], chest.spacing, chest.origin)
+    for path in sorted(ct["folder"].glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        del dataset.ImagePositionPatient
+        dataset.save_as(path, enforce_file_format=True)
+    assert "no ImagePositionPatient" in series_geometry_problem(ct["folder"])
