@@ -8,9 +8,9 @@ Reads the folder as the official archive unpacks: `subset0/ ... subset9/` with `
 Coordinates: the CSVs hold ITK physical (world, LPS) millimetres. Each scan is read with `read_ct`, which puts
 it into the canonical LPS (z, y, x) array with identity direction, so a scan whose `TransformMatrix` flips x/y
 is mirrored there and its origin moves to the other corner; nodule centres are converted with that final
-geometry (`world_to_voxel`), never with the header's `Offset` alone. `center_voxel` always indexes that full canonical array, also in the
-`preprocessed` config (map it into `pixel_values` with `crop_bbox`). Voxel values are used as HU (the official
-statement is UNCONFIRMED).
+geometry (`world_to_voxel`), never with the header's `Offset` alone. `center_voxel` always indexes that full
+canonical array, also in the `preprocessed` config (map it into `pixel_values` with `crop_bbox`). Voxel values are
+used as HU (the official statement is UNCONFIRMED).
 
 No patient ids: the 888 scans come from 601 patients, but LUNA16 publishes only series UIDs. Splits group by
 `seriesuid` (a series never lands on both sides; a repeated UID or byte-identical voxels are reported and kept
@@ -81,7 +81,9 @@ def find_luna16_scans(data_dir):
     A seriesuid present twice is kept once; the repeats are returned as `(seriesuid, path, first path)`.
     """
     scans, repeats = {}, []
-    subset_folders = sorted(path for path in Path(data_dir).iterdir() if path.is_dir() and _SUBSET_PATTERN.match(path.name))
+    subset_folders = sorted(
+        path for path in Path(data_dir).iterdir() if path.is_dir() and _SUBSET_PATTERN.match(path.name)
+    )
     if not subset_folders:
         raise DatasetLayoutError(
             f"no subset0/ ... subset9/ folders in {data_dir}: point data_dir at the unpacked LUNA16 folder "
@@ -109,6 +111,11 @@ def read_point_table(path, columns, value_column):
     return points
 
 
+def nodule_diameter(value):
+    """`diameter_mm` of an `annotations.csv` row (None only when the cell is empty)."""
+    return parse_float(value, "diameter_mm")
+
+
 def excluded_finding_diameter(value):
     """Diameter of an `annotations_excluded.csv` finding; the file's negative placeholders become None (unknown)."""
     diameter = parse_float(value, "diameter_mm")
@@ -125,7 +132,8 @@ def candidate_label(value):
 
 def read_patient_id_table(path):
     """seriesuid -> patient id from a user-supplied CSV with columns `seriesuid,patient_id`."""
-    return {row["seriesuid"].strip(): row["patient_id"].strip() for row in read_csv_table(path, ("seriesuid", "patient_id"))}
+    rows = read_csv_table(path, ("seriesuid", "patient_id"))
+    return {row["seriesuid"].strip(): row["patient_id"].strip() for row in rows}
 
 
 def read_lung_mask(path, volume):
@@ -135,10 +143,13 @@ def read_lung_mask(path, volume):
     try:
         image = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
     except RuntimeError as error:
-        raise DatasetLayoutError(f"{path} is not a readable lung mask ({str(error).strip().splitlines()[-1]})") from error
+        message = str(error).strip().splitlines()[-1]
+        raise DatasetLayoutError(f"{path} is not a readable lung mask ({message})") from error
     mask = sitk.GetArrayFromImage(image).astype(np.uint8)
     if mask.shape != volume.array.shape or not np.allclose(image.GetOrigin(), volume.origin, atol=1e-3):
-        raise DatasetLayoutError(f"{path}: the lung mask grid {mask.shape} does not match its scan {volume.array.shape}")
+        raise DatasetLayoutError(
+            f"{path}: the lung mask grid {mask.shape} does not match its scan {volume.array.shape}"
+        )
     return mask
 
 
@@ -147,9 +158,15 @@ class Luna16(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = Luna16Config
     BUILDER_CONFIGS = [
-        Luna16Config(name="raw", description="Each scan as a NIfTI volume (HU, LPS) with geometry, nodules and lung mask."),
-        Luna16Config(name="preprocessed", description="Each scan as LuCaFoundImageProcessor pixel_values (float16) with its crop box and nodules."),
-    ]  # fmt: skip
+        Luna16Config(
+            name="raw",
+            description="Each scan as a NIfTI volume (HU, LPS) with geometry, nodules and lung mask.",
+        ),
+        Luna16Config(
+            name="preprocessed",
+            description="Each scan as LuCaFoundImageProcessor pixel_values (float16) with its crop box and nodules.",
+        ),
+    ]
     DEFAULT_CONFIG_NAME = "raw"
     VERSION = datasets.Version("1.0.0")
     DATASET_NAME = "LUNA16"
@@ -204,12 +221,17 @@ class Luna16(datasets.GeneratorBasedBuilder):
             self.duplicates.duplicates.append((str(path), str(first)))
         self.annotations = read_point_table(data_dir / "annotations.csv", ANNOTATION_COLUMNS, "diameter_mm")
         excluded_csv = data_dir / "evaluationScript" / "annotations" / "annotations_excluded.csv"
-        self.excluded = read_point_table(excluded_csv, ANNOTATION_COLUMNS, "diameter_mm") if excluded_csv.is_file() else {}
+        self.excluded = {}
+        if excluded_csv.is_file():
+            self.excluded = read_point_table(excluded_csv, ANNOTATION_COLUMNS, "diameter_mm")
         self.candidates = {}
         if self.config.include_candidates:
-            candidates_csv = next((data_dir / name for name in ("candidates_V2.csv", "candidates.csv") if (data_dir / name).is_file()), None)
-            if candidates_csv is None:
-                raise DatasetLayoutError(f"include_candidates=True but neither candidates_V2.csv nor candidates.csv is in {data_dir}")
+            names = [name for name in ("candidates_V2.csv", "candidates.csv") if (data_dir / name).is_file()]
+            if not names:
+                raise DatasetLayoutError(
+                    f"include_candidates=True but neither candidates_V2.csv nor candidates.csv is in {data_dir}"
+                )
+            candidates_csv = data_dir / names[0]
             self.candidates = read_point_table(candidates_csv, CANDIDATE_COLUMNS, "class")
         self._check_listed_scans(data_dir)
         self.patient_of_series = {uid: uid for uid in self.scans}
@@ -226,7 +248,9 @@ class Luna16(datasets.GeneratorBasedBuilder):
         if self.config.validation_subsets or self.config.test_subsets:
             subset_split = {int(subset): "validation" for subset in self.config.validation_subsets}
             subset_split.update({int(subset): "test" for subset in self.config.test_subsets})
-            rows = [{"patient": self.patient_of_series[uid], "subset": subset} for uid, (subset, _) in self.scans.items()]
+            rows = [
+                {"patient": self.patient_of_series[uid], "subset": subset} for uid, (subset, _) in self.scans.items()
+            ]
             official = official_split_per_patient(
                 rows, "patient", lambda row: subset_split.get(row["subset"], "train"), "LUNA16 subsets"
             )
@@ -243,13 +267,19 @@ class Luna16(datasets.GeneratorBasedBuilder):
         """Log annotations of scans not in this download and scans missing from the official list."""
         absent = sorted(set(self.annotations) - set(self.scans))
         if absent:
-            logger.info("%s: annotations.csv lists %d scan(s) not present under subset*/ (partial download?)", self.DATASET_NAME, len(absent))
+            logger.info(
+                "%s: annotations.csv lists %d scan(s) not present under subset*/ (partial download?)",
+                self.DATASET_NAME,
+                len(absent),
+            )
         listed_csv = data_dir / "evaluationScript" / "annotations" / "seriesuids.csv"
         if listed_csv.is_file():
             listed = {line.strip().split(",")[0] for line in listed_csv.read_text().splitlines() if line.strip()}
             unlisted = sorted(set(self.scans) - listed)
             if unlisted:
-                logger.warning("%s: %d scan(s) are not in seriesuids.csv, e.g. %s", self.DATASET_NAME, len(unlisted), unlisted[0])
+                logger.warning(
+                    "%s: %d scan(s) are not in seriesuids.csv, e.g. %s", self.DATASET_NAME, len(unlisted), unlisted[0]
+                )
 
     def _generate_examples(self, patients):
         wanted = set(patients)
@@ -282,14 +312,19 @@ class Luna16(datasets.GeneratorBasedBuilder):
         if original is not None:
             self.skips.skip(seriesuid, f"duplicate of {original} (identical voxels)")
             return None
-        nodules = self._points(self.annotations.get(seriesuid, []), volume, "diameter_mm", lambda value: parse_float(value, "diameter_mm"))
+        nodules = self._points(self.annotations.get(seriesuid, []), volume, "diameter_mm", nodule_diameter)
         shape = np.asarray(volume.array.shape)
-        outside = [nodule for nodule in nodules if np.any(np.asarray(nodule["center_voxel"]) < -0.5) or np.any(np.asarray(nodule["center_voxel"]) > shape - 0.5)]
+        outside = [
+            nodule
+            for nodule in nodules
+            if np.any(np.asarray(nodule["center_voxel"]) < -0.5)
+            or np.any(np.asarray(nodule["center_voxel"]) > shape - 0.5)
+        ]
         if outside:
             self.skips.skip(
                 seriesuid,
-                f"{len(outside)} annotated nodule centre(s) lie outside the scan (e.g. {outside[0]['center_world_mm']} mm): "
-                "annotation and image geometry disagree",
+                f"{len(outside)} annotated nodule centre(s) lie outside the scan (e.g. "
+                f"{outside[0]['center_world_mm']} mm): annotation and image geometry disagree",
             )
             return None
         excluded = self._points(self.excluded.get(seriesuid, []), volume, "diameter_mm", excluded_finding_diameter)
@@ -317,7 +352,11 @@ class Luna16(datasets.GeneratorBasedBuilder):
             example["lung_mask"] = None
             if mask_path.is_file():
                 try:
-                    example["lung_mask"] = {"bytes": ct_volume_nifti_bytes(volume, read_lung_mask(mask_path, volume)), "path": f"{seriesuid}_lungs.nii.gz"}
+                    lung_mask = read_lung_mask(mask_path, volume)
+                    example["lung_mask"] = {
+                        "bytes": ct_volume_nifti_bytes(volume, lung_mask),
+                        "path": f"{seriesuid}_lungs.nii.gz",
+                    }
                 except DatasetLayoutError as error:
                     logger.warning("%s: lung mask left out: %s", seriesuid, error)
             example.update(volume_geometry(volume))

@@ -25,7 +25,14 @@ from pathlib import Path
 import datasets
 
 from .common import DatasetLayoutError, DatasetValueError, SkipCounter, is_missing, normalise_text, parse_float
-from .tcia import TciaCollectionBuilder, class_label_value, dicom_box_to_volume_box, find_table, read_series_headers
+from .tcia import (
+    TciaCollectionBuilder,
+    class_label_value,
+    dicom_box_to_volume_box,
+    find_table,
+    optional_text,
+    read_series_headers,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -56,7 +63,9 @@ def patient_id_from(value):
     """`A0001`, `Lung_Dx-A0001` (any case, spaces) -> `Lung_Dx-A0001`; anything else raises `DatasetValueError`."""
     match = _PATIENT_PATTERN.match(normalise_text(value) if value is not None else "")
     if match is None:
-        raise DatasetValueError(f"{value!r} is not a Lung-PET-CT-Dx patient id (Lung_Dx-<letter><4 digits> or <letter><4 digits>)")
+        raise DatasetValueError(
+            f"{value!r} is not a Lung-PET-CT-Dx patient id (Lung_Dx-<letter><4 digits> or <letter><4 digits>)"
+        )
     return f"{PATIENT_PREFIX}{match['letter'].upper()}{match['number']}"
 
 
@@ -91,7 +100,9 @@ def read_clinical_workbook(path, unrecognised):
     header = [normalise_text(name) if name is not None else "" for name in rows[0]]
     missing = [column for column in CLINICAL_COLUMNS if column not in header]
     if missing:
-        raise DatasetLayoutError(f"{path} lacks the column(s) {missing}; found {header}. Use the workbook as TCIA provides it.")
+        raise DatasetLayoutError(
+            f"{path} lacks the column(s) {missing}; found {header}. Use the workbook as TCIA provides it."
+        )
     clinical = {}
     for cells in rows[1:]:
         if cells is None or all(cell is None or str(cell).strip() == "" for cell in cells):
@@ -108,8 +119,8 @@ def read_clinical_workbook(path, unrecognised):
             "t_stage": _stage_label(row["T-Stage"], "T", T_STAGE_NAMES, "T-Stage", row_id, unrecognised),
             "n_stage": _stage_label(row["N-Stage"], "N", N_STAGE_NAMES, "N-Stage", row_id, unrecognised),
             "m_stage": _stage_label(row["M-Stage"], "M", M_STAGE_NAMES, "Ｍ-Stage", row_id, unrecognised),
-            "histopathological_grading": None if is_missing(row["Histopathological grading"]) else normalise_text(row["Histopathological grading"]),
-            "smoking_history": None if is_missing(row["Smoking History"]) else normalise_text(row["Smoking History"]),
+            "histopathological_grading": optional_text(row["Histopathological grading"]),
+            "smoking_history": optional_text(row["Smoking History"]),
         }
         if patient_id in clinical and clinical[patient_id] != labels:
             raise DatasetValueError(f"{path}: {patient_id} has two different rows; keep one row per patient.")
@@ -140,7 +151,8 @@ def read_voc_annotation(path):
 
 def find_annotation_folder(data_dir, collection_folder):
     """The `Annotation` folder (patient folders `A0001`...) in `data_dir` or next to the download, or None."""
-    for folder in (Path(data_dir), Path(collection_folder).parent, Path(collection_folder), Path(collection_folder).parent.parent):
+    collection_folder = Path(collection_folder)
+    for folder in (Path(data_dir), collection_folder.parent, collection_folder, collection_folder.parent.parent):
         for name in ("Annotation", "annotation", "Annotations"):
             if (folder / name).is_dir():
                 return folder / name
@@ -195,7 +207,11 @@ class LungPetCtDx(TciaCollectionBuilder):
 
     def _read_clinical(self, data_dir, collection_folder):
         path = find_table(
-            data_dir, collection_folder, CLINICAL_TABLE_PATTERNS, "statistics-clinical-20201221.xlsx", self.config.clinical_table
+            data_dir,
+            collection_folder,
+            CLINICAL_TABLE_PATTERNS,
+            "statistics-clinical-20201221.xlsx",
+            self.config.clinical_table,
         )
         self.unrecognised_values = SkipCounter(f"{self.DATASET_NAME} clinical values")
         clinical = read_clinical_workbook(path, self.unrecognised_values)
@@ -209,7 +225,11 @@ class LungPetCtDx(TciaCollectionBuilder):
         histology = histology_of(patient_id) if patient_id.startswith(PATIENT_PREFIX) else None
         if histology is None:
             return None
-        logger.warning("%s: %s is not in the clinical workbook; only its histology (from the letter) is known", self.DATASET_NAME, patient_id)
+        logger.warning(
+            "%s: %s is not in the clinical workbook; only its histology (from the letter) is known",
+            self.DATASET_NAME,
+            patient_id,
+        )
         return {name: None for name in self._label_features()} | {"histology": histology}
 
     def _prepare_annotations(self, data_dir, collection_folder, series_by_patient):
@@ -220,7 +240,9 @@ class LungPetCtDx(TciaCollectionBuilder):
         self.processed_patients = set()
         self.unmatched_annotations = []
         if self.annotation_folder is None:
-            logger.warning("%s: no Annotation folder found in %s: boxes will be None (unknown)", self.DATASET_NAME, data_dir)
+            logger.warning(
+                "%s: no Annotation folder found in %s: boxes will be None (unknown)", self.DATASET_NAME, data_dir
+            )
             return
         for patient_id in series_by_patient:
             folder = self.annotation_folder / patient_id[len(PATIENT_PREFIX) :]
@@ -244,7 +266,9 @@ class LungPetCtDx(TciaCollectionBuilder):
                 for box in read_voc_annotation(files[uid]):
                     letter = class_label_value(box["letter"], BOX_LETTERS, "<name>", str(files[uid]))
                     if letter != patient_id[len(PATIENT_PREFIX)]:
-                        logger.warning("%s: box letter %s differs from the patient letter of %s", files[uid], letter, patient_id)
+                        logger.warning(
+                            "%s: box letter %s differs from the patient letter of %s", files[uid], letter, patient_id
+                        )
                     boxes.append(
                         {
                             "sop_instance_uid": uid,

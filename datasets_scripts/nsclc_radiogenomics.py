@@ -41,6 +41,7 @@ from .tcia import (
     ct_volume_nifti_bytes,
     dicom_files,
     find_table,
+    optional_text,
     read_dicom_dataset,
     read_dicom_header,
 )
@@ -111,7 +112,9 @@ def read_radiogenomics_clinical(path, unrecognised):
             raise DatasetValueError(f"{path}: Case ID {patient_id} is listed twice; keep one row per patient.")
         status = normalise_text(row["Survival Status"]).lower()
         if status and status not in SURVIVAL_STATUS_EVENT:
-            raise DatasetValueError(f"column 'Survival Status' of {row_id}: {row['Survival Status']!r} is not Alive or Dead")
+            raise DatasetValueError(
+                f"column 'Survival Status' of {row_id}: {row['Survival Status']!r} is not Alive or Dead"
+            )
         event = SURVIVAL_STATUS_EVENT.get(status)
         days, derived = survival_time(row, event, row_id) if event is not None else (None, False)
         locations = [
@@ -132,10 +135,12 @@ def read_radiogenomics_clinical(path, unrecognised):
             "t_stage": class_label_value(row["Pathological T stage"], T_STAGE_NAMES, "Pathological T stage", row_id),
             "n_stage": class_label_value(row["Pathological N stage"], N_STAGE_NAMES, "Pathological N stage", row_id),
             "m_stage": class_label_value(row["Pathological M stage"], M_STAGE_NAMES, "Pathological M stage", row_id),
-            "histopathological_grade": None if is_missing(row["Histopathological Grade"]) else normalise_text(row["Histopathological Grade"]),
+            "histopathological_grade": optional_text(row["Histopathological Grade"]),
             "egfr": class_label_value(row["EGFR mutation status"], MUTATION_NAMES, "EGFR mutation status", row_id),
             "kras": class_label_value(row["KRAS mutation status"], MUTATION_NAMES, "KRAS mutation status", row_id),
-            "alk": class_label_value(row["ALK translocation status"], ALK_NAMES, "ALK translocation status", row_id, unrecognised),
+            "alk": class_label_value(
+                row["ALK translocation status"], ALK_NAMES, "ALK translocation status", row_id, unrecognised
+            ),
             "recurrence": class_label_value(row["Recurrence"], RECURRENCE_NAMES, "Recurrence", row_id, unrecognised),
             "survival_days": days,
             "survival_days_derived": derived,
@@ -219,9 +224,15 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
                 labels.extend(label for label in segments.values() if label not in labels)
                 same_frame = str(segmentation.get("FrameOfReferenceUID", frame_of_reference)) == frame_of_reference
                 if mask is None and len(segments) == 1 and same_frame:
-                    mask, outside = read_segment_mask_from_file(segmentation, path, volume, next(iter(segments.values())))
+                    only_label = next(iter(segments.values()))
+                    mask, outside = read_segment_mask_from_file(segmentation, path, volume, only_label)
                     if outside:
-                        logger.warning("%s/%s: %d SEG voxel(s) outside the CT grid were dropped", patient_id, series.series_uid, outside)
+                        logger.warning(
+                            "%s/%s: %d SEG voxel(s) outside the CT grid were dropped",
+                            patient_id,
+                            series.series_uid,
+                            outside,
+                        )
         has_tumour = mask is not None and bool(mask.any())
         annotations = {
             "segment_labels": labels,
@@ -230,7 +241,10 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
         }
         if not is_preprocessed_config(self.config):
             annotations["tumor_mask"] = (
-                {"bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)), "path": f"{series.series_uid}_tumor.nii.gz"}
+                {
+                    "bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)),
+                    "path": f"{series.series_uid}_tumor.nii.gz",
+                }
                 if has_tumour
                 else None
             )

@@ -103,13 +103,17 @@ def read_segment_mask(segmentation, volume, segment_label):
     Each frame is placed through its own ImagePositionPatient and the shared orientation and pixel spacing, so
     frame order and a SEG grid that differs from the image do not matter. Returns `(mask, voxels_outside)`.
     """
-    numbers = [number for number, label in segment_labels(segmentation).items() if label.lower() == segment_label.lower()]
+    numbers = [
+        number for number, label in segment_labels(segmentation).items() if label.lower() == segment_label.lower()
+    ]
     if not numbers:
         return None, 0
     frames = segmentation.pixel_array
     if frames.ndim == 2:
         frames = frames[None]
-    shared = segmentation.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in segmentation else None
+    shared = None
+    if "SharedFunctionalGroupsSequence" in segmentation:
+        shared = segmentation.SharedFunctionalGroupsSequence[0]
     mask = np.zeros(volume.array.shape, dtype=bool)
     shape = np.asarray(mask.shape)
     outside = 0
@@ -121,7 +125,8 @@ def read_segment_mask(segmentation, volume, segment_label):
             continue
         orientation_group = item if "PlaneOrientationSequence" in item else shared
         measures_group = item if "PixelMeasuresSequence" in item else shared
-        orientation = np.asarray([float(value) for value in orientation_group.PlaneOrientationSequence[0].ImageOrientationPatient])
+        orientation = orientation_group.PlaneOrientationSequence[0].ImageOrientationPatient
+        orientation = np.asarray([float(value) for value in orientation])
         row_spacing, column_spacing = (float(value) for value in measures_group.PixelMeasuresSequence[0].PixelSpacing)
         position = np.asarray([float(value) for value in item.PlanePositionSequence[0].ImagePositionPatient])
         # The frame's pixel grid maps linearly into the array: index = start + column * per_column + row * per_row.
@@ -160,7 +165,11 @@ def rtstruct_roi_mask(path, volume, roi_name):
     from matplotlib.path import Path as Polygon
 
     structure_set = read_dicom_header(path)
-    numbers = [int(item.ROINumber) for item in structure_set.get("StructureSetROISequence", []) if str(item.ROIName).strip().lower() == roi_name.lower()]
+    numbers = [
+        int(item.ROINumber)
+        for item in structure_set.get("StructureSetROISequence", [])
+        if str(item.ROIName).strip().lower() == roi_name.lower()
+    ]
     if not numbers:
         return None, 0
     mask = np.zeros(volume.array.shape, dtype=bool)
@@ -262,7 +271,12 @@ class NsclcRadiomics(TciaCollectionBuilder):
                 if mask is None:
                     mask, outside = read_segment_mask_from_file(segmentation, path, volume, TUMOUR_SEGMENT_LABEL)
         if outside:
-            logger.warning("%s: %d %s voxel(s) of the SEG lie outside the CT grid and were dropped", key, outside, TUMOUR_SEGMENT_LABEL)
+            logger.warning(
+                "%s: %d %s voxel(s) of the SEG lie outside the CT grid and were dropped",
+                key,
+                outside,
+                TUMOUR_SEGMENT_LABEL,
+            )
         source = "SEG" if mask is not None else None
         roi_names = []
         for item in patient_series:
@@ -287,7 +301,10 @@ class NsclcRadiomics(TciaCollectionBuilder):
         }
         if not is_preprocessed_config(self.config):
             annotations["gtv_mask"] = (
-                {"bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)), "path": f"{series.series_uid}_gtv.nii.gz"}
+                {
+                    "bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)),
+                    "path": f"{series.series_uid}_gtv.nii.gz",
+                }
                 if has_tumour
                 else None
             )

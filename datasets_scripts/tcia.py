@@ -59,7 +59,9 @@ SECONDARY_CAPTURE_SOP_CLASS_UIDS = frozenset(
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 # `<SeriesNumber as %.6f>-<SeriesDescription or NA>-<last 5 characters of SeriesInstanceUID>`
-_DESCRIPTIVE_SERIES_PATTERN = re.compile(r"^(?P<series_number>-?\d+\.\d{6})-(?P<description>.*)-(?P<uid_suffix>[0-9.]{1,5})$")
+_DESCRIPTIVE_SERIES_PATTERN = re.compile(
+    r"^(?P<series_number>-?\d+\.\d{6})-(?P<description>.*)-(?P<uid_suffix>[0-9.]{1,5})$"
+)
 # `MM-DD-YYYY-<StudyID or NA>-<StudyDescription or NA>-<last 5 characters of StudyInstanceUID>`
 _DESCRIPTIVE_STUDY_PATTERN = re.compile(r"^(?P<date>\d{2}-\d{2}-\d{4})-(?P<rest>.*)-(?P<uid_suffix>[0-9.]{1,5})$")
 
@@ -84,7 +86,8 @@ class TciaSeries:
 
 
 def parse_series_folder_name(name):
-    """What a series folder name says: classic (`<SeriesInstanceUID>`) or descriptive (number, description, UID tail)."""
+    """What a series folder name says: classic (`<SeriesInstanceUID>`) or descriptive (number, description, UID
+    tail)."""
     if _UID_PATTERN.match(name):
         return {"naming": "classic", "series_uid": name}
     match = _DESCRIPTIVE_SERIES_PATTERN.match(name)
@@ -100,7 +103,8 @@ def parse_series_folder_name(name):
 
 
 def parse_study_folder_name(name):
-    """What a study folder name says: classic (`<StudyInstanceUID>`) or descriptive (the UID tail; the date is dropped)."""
+    """What a study folder name says: classic (`<StudyInstanceUID>`) or descriptive (the UID tail; the date is
+    dropped)."""
     if _UID_PATTERN.match(name):
         return {"naming": "classic", "study_uid": name}
     match = _DESCRIPTIVE_STUDY_PATTERN.match(name)
@@ -127,7 +131,9 @@ def find_collection_folder(data_dir, collection):
     data_dir = Path(data_dir)
     names = (collection,) if isinstance(collection, str) else tuple(collection)
     if not data_dir.is_dir():
-        raise DatasetLayoutError(f"data_dir {data_dir} is not a folder: point it at the folder the NBIA Data Retriever wrote.")
+        raise DatasetLayoutError(
+            f"data_dir {data_dir} is not a folder: point it at the folder the NBIA Data Retriever wrote."
+        )
     candidates = [data_dir] if data_dir.name in names else []
     for name in names:
         candidates += [data_dir / name]
@@ -224,7 +230,8 @@ def read_dicom_header(path):
 
 
 def discover_series(collection_folder, skips=None):
-    """Series under `<Collection>/<PatientID>/<study>/<series>/`, identified by the headers (Modality tag) of one file each."""
+    """Series under `<Collection>/<PatientID>/<study>/<series>/`, identified by the headers (Modality tag) of one
+    file each."""
     collection_folder = Path(collection_folder)
     series = []
     for patient_folder in sorted(path for path in collection_folder.iterdir() if path.is_dir()):
@@ -242,7 +249,9 @@ def discover_series(collection_folder, skips=None):
                     raise
                 series_uid = str(header.get("SeriesInstanceUID", ""))
                 if series_uid and not folder_matches_uid(series_folder.name, series_uid):
-                    logger.warning("series folder %s does not match its SeriesInstanceUID %s", series_folder, series_uid)
+                    logger.warning(
+                        "series folder %s does not match its SeriesInstanceUID %s", series_folder, series_uid
+                    )
                 series.append(
                     TciaSeries(
                         series_uid=series_uid,
@@ -345,15 +354,16 @@ def volume_index_of_world(world_xyz, volume):
 
 
 def dicom_box_to_volume_box(header, box, volume):
-    """A pixel box (xmin, ymin, xmax, ymax) drawn on one DICOM slice as [[z0, z1], [y0, y1], [x0, x1]] in `volume.array`.
+    """A pixel box (xmin, ymin, xmax, ymax) of one DICOM slice as [[z0, z1], [y0, y1], [x0, x1]] in `volume.array`.
 
     The corners go through the slice's own geometry into world mm and back into the canonical LPS array, so
     a series stored flipped or in another orientation still gives the right box. Bounds are inclusive voxel
     indices (rounded, clipped to the array).
     """
     xmin, ymin, xmax, ymax = (float(value) for value in box)
-    corners = [volume_index_of_world(dicom_pixel_to_world(header, x, y), volume) for x in (xmin, xmax) for y in (ymin, ymax)]
-    corners = np.asarray(corners)
+    corners = np.asarray(
+        [volume_index_of_world(dicom_pixel_to_world(header, x, y), volume) for x in (xmin, xmax) for y in (ymin, ymax)]
+    )
     shape = np.asarray(volume.array.shape)
     low = np.clip(np.rint(corners.min(axis=0)), 0, shape - 1).astype(int)
     high = np.clip(np.rint(corners.max(axis=0)), 0, shape - 1).astype(int)
@@ -413,9 +423,15 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = TciaBuilderConfig
     BUILDER_CONFIGS = [
-        TciaBuilderConfig(name="raw", description="Each CT series as a NIfTI volume (HU, LPS) with geometry, labels and annotations."),
-        TciaBuilderConfig(name="preprocessed", description="Each CT series as LuCaFoundImageProcessor pixel_values (float16) with its crop box."),
-    ]  # fmt: skip
+        TciaBuilderConfig(
+            name="raw",
+            description="Each CT series as a NIfTI volume (HU, LPS) with geometry, labels and annotations.",
+        ),
+        TciaBuilderConfig(
+            name="preprocessed",
+            description="Each CT series as LuCaFoundImageProcessor pixel_values (float16) with its crop box.",
+        ),
+    ]
     DEFAULT_CONFIG_NAME = "raw"
 
     def __init__(self, *args, **kwargs):
@@ -519,12 +535,15 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
             if patient_id not in self.clinical:
                 for item in patient_series:
                     if item.series_uid in self.volume_series:
-                        self.skips.skip(f"{patient_id}/{item.series_uid}", f"patient {patient_id} is not in the clinical table")
+                        reason = f"patient {patient_id} is not in the clinical table"
+                        self.skips.skip(f"{patient_id}/{item.series_uid}", reason)
                 continue
             patients.append(patient_id)
         without_images = sorted(set(self.clinical) - set(self.series_by_patient))
         if without_images:
-            logger.info("%s: %d patient(s) of the clinical table have no images here", self.DATASET_NAME, len(without_images))
+            logger.info(
+                "%s: %d patient(s) of the clinical table have no images here", self.DATASET_NAME, len(without_images)
+            )
         if not patients:
             raise DatasetLayoutError(
                 f"{self.DATASET_NAME}: no CT series of a patient in the clinical table under {collection_folder}; "
@@ -596,6 +615,11 @@ def volume_geometry(volume):
         "origin": [float(value) for value in volume.origin],
         "direction": [float(value) for value in np.asarray(volume.direction, dtype=np.float64).reshape(-1)],
     }
+
+
+def optional_text(value):
+    """A free-text cell, NFKC-normalised, or None when it is missing."""
+    return None if is_missing(value) else normalise_text(value)
 
 
 def class_label_value(value, vocabulary, column, row_id, unrecognised=None, aliases=None):
