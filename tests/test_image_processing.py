@@ -202,3 +202,19 @@ def test_files_copied_into_model_folders_import_only_torch_transformers_numpy_at
             else:
                 continue
             assert set(roots) <= allowed, f"{name} imports {roots} at top level"
+
+
+@pytest.mark.parametrize("location", ["juxtapleural", "mediastinal"])
+def test_synthetic_cohort_masses_are_inside_a_crop_with_a_5_mm_margin(location):
+    # the cohort's juxtapleural masses reach up to a third of their size into the chest wall, outside the pleura;
+    # at margin 0 up to ~5% of their voxels can lie outside the lung box, a 5 mm margin takes them all in
+    from datasets_scripts.phantoms import generate_chest_phantom
+
+    processor = LuCaFoundImageProcessor(output_size=(8, 32, 32), crop_margin_mm=5.0)
+    for seed in range(3):
+        phantom = generate_chest_phantom(
+            seed, shape=(64, 128, 128), primary_lesion={"location": location, "diameter_mm": 45, "further_nodules": 0}
+        )
+        output = processor(phantom.hu, spacing=phantom.spacing, return_crop_info=True)
+        (z0, z1), (y0, y1), (x0, x1) = output["crop_info"][0]["bbox"]
+        assert phantom.lesion_mask[z0:z1, y0:y1, x0:x1].sum() == phantom.lesion_mask.sum()
