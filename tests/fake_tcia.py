@@ -4,7 +4,7 @@ Everything mimics what the NBIA Data Retriever and the LUNA16 archive leave on d
 DICOM CT / RTSTRUCT / SEG / secondary-capture files written with pydicom and real tags (including the
 patient-identifying ones, so tests can check they never leave the builders), `metadata.csv` with the real header,
 MHD/RAW via SimpleITK, the clinical CSV/XLSX files with their real headers and value spellings, PASCAL VOC XML.
-Voxel content comes from `datasets_scripts.phantoms.generate_chest_phantom` so lung segmentation finds lungs.
+Voxel content comes from `datasets_scripts.phantoms.generate_chest_phantom`, so lung segmentation finds lungs.
 """
 
 import csv
@@ -47,7 +47,7 @@ def new_uid():
 
 
 def phantom(seed, shape=(24, 64, 64), spacing=None):
-    """A tiny life-sized chest phantom (HU int16, LPS (z, y, x), spacing, origin, lesion mask) from part A's generator."""
+    """A tiny life-sized chest phantom (HU int16 LPS (z, y, x), spacing, origin, lesion mask) from `phantoms`."""
     from datasets_scripts.phantoms import generate_chest_phantom
 
     return generate_chest_phantom(seed, shape=shape, spacing=spacing)
