@@ -210,3 +210,16 @@ def test_every_short_dataset_name_resolves_to_a_builder_class():
 def test_unknown_dataset_name_is_a_clear_error():
     with pytest.raises(datasets_scripts.UnknownDatasetError, match="unknown dataset 'lidc'.*synthetic"):
         datasets_scripts.get_builder_class("lidc")
+
+
+def test_pixel_values_batch_reads_the_same_values_as_the_formatter():
+    from datasets_scripts.common import pixel_values_batch
+
+    volumes = np.random.default_rng(0).random((5, 2, 3, 4)).astype(np.float16)
+    dataset = datasets.Dataset.from_dict(
+        {"pixel_values": list(volumes)}, features=datasets.Features({"pixel_values": datasets.Array3D((2, 3, 4), "float16")})
+    )
+    batch = pixel_values_batch(dataset, slice(1, 4))
+    assert batch.dtype == np.float16 and batch.shape == (3, 2, 3, 4)
+    np.testing.assert_array_equal(batch, volumes[1:4])
+    np.testing.assert_array_equal(pixel_values_batch(dataset, [4, 0]), volumes[[4, 0]])
