@@ -87,10 +87,10 @@ def add_feature_extraction_pipeline(folder):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no config.json: save the model there first.")
-    if not (folder / "preprocessor_config.json").is_file():
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         raise FileNotFoundError(
-            f"{str(folder)!r} has no preprocessor_config.json: the pipeline needs the image processor saved with the "
-            "model (`LuCaFoundImageProcessor(...).save_pretrained(folder)`)."
+            f"{str(folder)!r} has no preprocessor_config.json or processor_config.json: the pipeline needs the image "
+            "processor saved with the model (`LuCaFoundImageProcessor(...).save_pretrained(folder)`)."
         )
     destination = folder / Path(__file__).name
     if Path(__file__).resolve() != destination.resolve():
