@@ -103,13 +103,14 @@ class ZeroShotClassifier:
             raise ZeroShotModelError(f"{folder} is not a saved model folder (no config.json); pass --model <folder>")
         model = AutoModel.from_pretrained(folder, trust_remote_code=True)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         except (OSError, ValueError, TypeError) as error:
             raise ZeroShotModelError(
                 f"{folder} has no usable tokenizer ({error}); save the LuCaFoundProcessor next to the model"
             ) from error
         image_processor = None
-        if (folder / "preprocessor_config.json").is_file():
+        # saved alone (preprocessor_config.json) or inside a LuCaFoundProcessor (processor_config.json)
+        if (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file():
             image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
         return cls(model, tokenizer, image_processor=image_processor, **kwargs)
 

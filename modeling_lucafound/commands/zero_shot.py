@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if classifier.image_processor is None:
         raise ZeroShotModelError(
-            f"{args.model} has no preprocessor_config.json: save the LuCaFoundProcessor next to the model so CT "
-            "volumes are preprocessed exactly as in pretraining"
+            f"{args.model} has no image processor configuration: save the LuCaFoundProcessor next to the model so "
+            "CT volumes are preprocessed exactly as in pretraining"
         )
     probabilities = classifier.classify(
         images=args.volume, labels=args.labels, exclusive=args.exclusive, series_uid=args.series_uid
