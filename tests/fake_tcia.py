@@ -211,7 +211,8 @@ def write_seg(path, masks, spacing, *, origin, patient_id, study_uid, series_uid
             frames.append(mask[z_index].astype(np.uint8))
             item = Dataset()
             position = Dataset()
-            position.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2]) + (z_index + z_offset) * spacing[0]]
+            z_mm = float(origin[2]) + (z_index + z_offset) * spacing[0]
+            position.ImagePositionPatient = [float(origin[0]), float(origin[1]), z_mm]
             item.PlanePositionSequence = Sequence([position])
             identification = Dataset()
             identification.ReferencedSegmentNumber = number
@@ -239,7 +240,7 @@ def write_seg(path, masks, spacing, *, origin, patient_id, study_uid, series_uid
 
 
 def write_rtstruct(path, contours, *, patient_id, study_uid, series_uid, frame_of_reference_uid, referenced_series_uid):
-    """An RTSTRUCT (Manufacturer Varian Medical Systems): `contours` maps ROI name -> list of (N, 3) world-mm polygons."""
+    """An RTSTRUCT (Manufacturer Varian Medical Systems): `contours` maps ROI name -> (N, 3) world-mm polygons."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -408,7 +409,9 @@ class FakeTciaDownload:
     (`000001.dcm`). Every added series is remembered (`self.series`, dicts) so `write_metadata` can list them.
     """
 
-    def __init__(self, root, collection, naming="descriptive", file_naming="retriever36", manifest_digits="1603198545583"):
+    def __init__(
+        self, root, collection, naming="descriptive", file_naming="retriever36", manifest_digits="1603198545583"
+    ):
         self.manifest_folder = Path(root) / f"manifest-{manifest_digits}"
         self.collection = collection
         self.collection_folder = self.manifest_folder / collection
@@ -426,7 +429,9 @@ class FakeTciaDownload:
     def _series_folder(self, study, series_uid, number, description):
         return study["folder"] / series_folder_name(series_uid, self.naming, number, description)
 
-    def _remember(self, study, modality, sop_class_uid, series_uid, folder, count, description="", manufacturer="", **extra):
+    def _remember(
+        self, study, modality, sop_class_uid, series_uid, folder, count, description="", manufacturer="", **extra
+    ):
         record = {
             "patient_id": study["patient_id"], "study_uid": study["study_uid"], "modality": modality,
             "sop_class_uid": sop_class_uid, "series_uid": series_uid, "folder": folder, "count": count,
@@ -450,9 +455,16 @@ class FakeTciaDownload:
         series_uid = new_uid()
         folder = self._series_folder(study, series_uid, 300, "Segmentation")
         write_seg(
-            folder / "1-1.dcm", masks, spacing, origin=origin, patient_id=study["patient_id"], study_uid=study["study_uid"],
-            series_uid=series_uid, frame_of_reference_uid=study["frame_of_reference_uid"], z_offset=z_offset,
-        )  # fmt: skip
+            folder / "1-1.dcm",
+            masks,
+            spacing,
+            origin=origin,
+            patient_id=study["patient_id"],
+            study_uid=study["study_uid"],
+            series_uid=series_uid,
+            frame_of_reference_uid=study["frame_of_reference_uid"],
+            z_offset=z_offset,
+        )
         return self._remember(study, "SEG", SEGMENTATION_STORAGE, series_uid, folder, 1, "Segmentation", "QIICR")
 
     def add_rtstruct(self, study, contours, referenced_series_uid):
@@ -463,13 +475,20 @@ class FakeTciaDownload:
             series_uid=series_uid, frame_of_reference_uid=study["frame_of_reference_uid"],
             referenced_series_uid=referenced_series_uid,
         )  # fmt: skip
-        return self._remember(study, "RTSTRUCT", RT_STRUCTURE_SET_STORAGE, series_uid, folder, 1, "", "Varian Medical Systems")
+        return self._remember(
+            study, "RTSTRUCT", RT_STRUCTURE_SET_STORAGE, series_uid, folder, 1, "", "Varian Medical Systems"
+        )
 
     def add_secondary_capture(self, study, image, count=3):
         series_uid = new_uid()
         folder = self._series_folder(study, series_uid, 1001, "Fused MPR")
         sop_instance_uids = write_secondary_capture_series(
-            folder, image, patient_id=study["patient_id"], study_uid=study["study_uid"], series_uid=series_uid, count=count
+            folder,
+            image,
+            patient_id=study["patient_id"],
+            study_uid=study["study_uid"],
+            series_uid=series_uid,
+            count=count,
         )
         return self._remember(study, "CT", SECONDARY_CAPTURE_STORAGE, series_uid, folder, count, "Fused MPR",
                               sop_instance_uids=sop_instance_uids)  # fmt: skip
