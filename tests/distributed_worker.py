@@ -75,9 +75,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", required=True)
     options = parser.parse_args()
-    from accelerate import Accelerator
+    from train.pretrain import build_accelerator
 
-    accelerator = Accelerator(cpu=True)
+    accelerator = build_accelerator()
     results = {}
     for loss_type in ("clip", "siglip"):
         for accumulation_steps in (1, 2):

@@ -546,6 +546,28 @@ def save_final_model(accelerator, module, tokenizer, image_size, output_dir):
     return final
 
 
+def build_accelerator(mixed_precision=None, trackers=None, project_dir=None):
+    """The run's `Accelerator`. Without a GPU, Accelerate joins a torchrun process group only when told to use
+    the CPU (else every process would train alone), hence `cpu=True` there."""
+    from accelerate import Accelerator
+
+    return Accelerator(
+        mixed_precision=mixed_precision, log_with=trackers or None,
+        project_dir=str(project_dir) if project_dir is not None else None, cpu=not _has_accelerator_device(),
+    )
+
+
+def _has_accelerator_device():
+    """True when a CUDA/ROCm, XPU or MPS device is present (then Accelerate picks it; else the CPU backend)."""
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "mps"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
+
+
 def _tracker_config(options):
     return {key: value for key, value in vars(options).items() if isinstance(value, (int, float, str, bool))}
 
@@ -559,7 +581,6 @@ def main(argv=None):
     """Run pretraining; returns {"output_dir", "final_dir", "checkpoint_dir", "steps", "metrics": {...}}."""
     options = parse_options(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
@@ -575,9 +596,7 @@ def main(argv=None):
 
     output_dir = Path(options.output_dir)
     trackers = [name for name in options.report_to.split(",") if name and name != "none"]
-    accelerator = Accelerator(
-        mixed_precision=options.mixed_precision, log_with=trackers or None, project_dir=str(output_dir)
-    )
+    accelerator = build_accelerator(options.mixed_precision, trackers, output_dir)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     if accelerator.is_main_process:
