@@ -290,10 +290,12 @@ class _PhantomBuilder:
                 for azimuth in (-1.2, -0.4, 0.4, 1.2)
             ]
             base_length = 0.5 * geometry.lung_half_width
+            # Coarse grids cannot show the finest branches: one generation less keeps small phantoms fast.
+            depth = 3 if min(geometry.spacing[1:]) <= 2.0 else 2
             for direction in main_directions:
                 jitter = direction + rng.normal(0, 0.2, size=3)
                 length = base_length * (1 + 0.9 * abs(direction[0])) * rng.uniform(0.8, 1.2)
-                _grow_tree(hilum, jitter, length, 3.4 * scale, 3, rng, vessel_segments)
+                _grow_tree(hilum, jitter, length, 3.4 * scale, depth, rng, vessel_segments)
             for direction in main_directions[1::3]:
                 jitter = direction + rng.normal(0, 0.15, size=3)
                 _grow_tree(hilum, jitter, base_length * rng.uniform(0.7, 0.9), 3.0 * scale, 2, rng, airway_segments)
