@@ -50,11 +50,25 @@ def coarse_factors(spacing, coarse_spacing_mm=COARSE_SPACING_MM):
 
 
 def block_mean(hu, factors):
-    """Mean HU over blocks of `factors` voxels (the trailing partial block is left out); int16 in, float32 out."""
+    """Mean HU over blocks of `factors` voxels (the trailing partial block is left out), as float32.
+
+    Uses SimpleITK's multithreaded BinShrink when available (one int16 copy of the volume), numpy otherwise.
+    """
     nz, ny, nx = (size // factor for size, factor in zip(hu.shape, factors))
     fz, fy, fx = factors
     if min(nz, ny, nx) == 0:
         raise NoLungsFoundError(f"The volume {hu.shape} is too small to segment lungs at {factors} voxel blocks.")
+    if tuple(factors) == (1, 1, 1):
+        return hu.astype(np.float32)
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        sitk = None
+    if sitk is not None:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(hu[: nz * fz, : ny * fy, : nx * fx]))
+        shrunk = sitk.BinShrink(image, [int(fx), int(fy), int(fz)])
+        del image
+        return sitk.GetArrayFromImage(shrunk).astype(np.float32)
     total = np.zeros((nz, ny, nx), dtype=np.float32)
     for dz in range(fz):
         plane = hu[dz : nz * fz : fz, : ny * fy, : nx * fx]
@@ -64,13 +78,17 @@ def block_mean(hu, factors):
     return total
 
 
-def _upsample_indices(full_shape, coarse_shape, factors):
-    return [np.minimum(np.arange(size) // factor, coarse - 1) for size, coarse, factor in zip(full_shape, coarse_shape, factors)]
-
-
 def upsample_mask(coarse_mask, full_shape, factors):
     """Nearest-neighbour map of a coarse mask back onto the full grid (partial edge blocks take the last block)."""
-    return coarse_mask[np.ix_(*_upsample_indices(full_shape, coarse_mask.shape, factors))]
+    upsampled = coarse_mask
+    for axis, (size, factor) in enumerate(zip(full_shape, factors)):
+        if factor > 1:
+            upsampled = np.repeat(upsampled, factor, axis=axis)
+        missing = size - upsampled.shape[axis]
+        if missing > 0:
+            edge = np.repeat(np.take(upsampled, [-1], axis=axis), missing, axis=axis)
+            upsampled = np.concatenate([upsampled, edge], axis=axis)
+    return upsampled
 
 
 def bounding_box(mask):
@@ -224,9 +242,7 @@ def segment_lungs(hu, spacing, backend="builtin"):
     if backend == "builtin":
         lungs = _remove_trachea(lungs, coarse_spacing, body, ndimage)
     region = close_tumour_dents(lungs, coarse_spacing, ndimage=ndimage)
-    full_shape = hu.shape
-    indices = _upsample_indices(full_shape, region.shape, factors)
-    mask = region[np.ix_(*indices)]
+    mask = upsample_mask(region, hu.shape, factors)
     # refine the boundary on the original voxels: air voxels within one coarse block of the region belong to it
     # (only along axes that were coarsened: a one-block step along a full-resolution axis would regrow the trachea)
     structure = np.zeros((3, 3, 3), dtype=bool)
@@ -234,7 +250,7 @@ def segment_lungs(hu, spacing, backend="builtin"):
     for axis, factor in enumerate(factors):
         if factor > 1:
             structure[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
-    near = ndimage.binary_dilation(region, structure=structure)[np.ix_(*indices)]
+    near = upsample_mask(ndimage.binary_dilation(region, structure=structure), hu.shape, factors)
     near &= hu < AIR_THRESHOLD_HU
     mask |= near
     if backend == "lungmask":
