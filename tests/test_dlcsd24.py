@@ -1,6 +1,7 @@
 """Tests of the DLCSD24 builder on a fake download with the real file names, nesting and CSV header."""
 
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -133,3 +134,15 @@ def test_nodule_outside_its_volume_skips_the_volume(fake_download, tmp_path, cap
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetLayoutError, match="pass data_dir"):
         Dlcsd24(config_name="raw", cache_dir=str(tmp_path)).download_and_prepare()
+
+
+def test_identical_volumes_under_two_patients_are_reported(fake_download, tmp_path, caplog):
+    copy = copy_of_download(fake_download, tmp_path)
+    shutil.copy(copy / "subset01" / "DLCS_0001.nii.gz", copy / "subset02" / "DLCS_0006.nii.gz")
+    table = copy / "DLCSD24_Annotations.csv"
+    first_row = table.read_text().splitlines()[1]
+    table.write_text(table.read_text() + first_row.replace("DLCS_0001", "DLCS_0006") + "\n")
+    builder = Dlcsd24(config_name="raw", data_dir=str(copy), cache_dir=str(tmp_path / "cache"), test_fraction=0.0, validation_fraction=0.0)
+    with caplog.at_level(logging.WARNING):
+        builder.download_and_prepare()
+    assert "duplicates" in caplog.text and "DLCS_0006" in caplog.text and "DLCS_0001" in caplog.text
