@@ -13,10 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without reinstalling
 
 from datasets_scripts import SyntheticLungCT  # noqa: E402
 from datasets_scripts.common import pixel_values_batch  # noqa: E402
+
 
 TARGET_VOLUMES_PER_SECOND = 100.0
 
@@ -28,7 +30,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--format", choices=("arrow", "numpy", "torch"), default="arrow",
+        "--format",
+        choices=("arrow", "numpy", "torch"),
+        default="arrow",
         help="arrow: pixel_values_batch (float16, zero-copy) then torch.from_numpy; numpy/torch: datasets formatters",
     )
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lucafound_bench_cache"))
@@ -36,12 +40,17 @@ def main():
 
     start = time.perf_counter()
     builder = SyntheticLungCT(
-        config_name="preprocessed", num_samples=args.num_samples, image_size=tuple(args.image_size), cache_dir=args.cache_dir
+        config_name="preprocessed",
+        num_samples=args.num_samples,
+        image_size=tuple(args.image_size),
+        cache_dir=args.cache_dir,
     )
     builder.download_and_prepare()
     dataset = builder.as_dataset(split="train").select_columns(["pixel_values", "histology", "stage", "report"])
     if args.format != "arrow":
-        dataset = dataset.with_format(args.format, columns=["pixel_values", "histology", "stage"], output_all_columns=True)
+        dataset = dataset.with_format(
+            args.format, columns=["pixel_values", "histology", "stage"], output_all_columns=True
+        )
     build_seconds = time.perf_counter() - start
 
     import torch  # imported before timing: the first import takes seconds
@@ -71,7 +80,9 @@ def main():
         "volumes_read": volumes,
         "seconds": round(seconds, 3),
         "volumes_per_second": round(volumes / seconds, 1),
-        "megabytes_per_second_float16": round(volumes * 2 * int(__import__("math").prod(args.image_size)) / seconds / 2**20, 1),
+        "megabytes_per_second_float16": round(
+            volumes * 2 * int(__import__("math").prod(args.image_size)) / seconds / 2**20, 1
+        ),
         "build_or_load_seconds": round(build_seconds, 1),
         "target_volumes_per_second": TARGET_VOLUMES_PER_SECOND,
         "meets_target": volumes / seconds >= TARGET_VOLUMES_PER_SECOND,

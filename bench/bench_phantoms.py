@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without reinstalling
 
 from datasets_scripts.phantoms import generate_chest_phantom
+
 
 TARGET_VOLUMES_PER_SECOND = 2.0
 
@@ -42,7 +44,10 @@ def main():
     }
     print(json.dumps(result))
     print(f"{'shape':>16} {'volumes':>8} {'vol/s':>8} {'median s':>9} {'target':>7}")
-    print(f"{'x'.join(map(str, args.shape)):>16} {args.count:>8} {result['volumes_per_second']:>8} {result['median_seconds_per_volume']:>9} {TARGET_VOLUMES_PER_SECOND:>7}")
+    print(
+        f"{'x'.join(map(str, args.shape)):>16} {args.count:>8} {result['volumes_per_second']:>8} "
+        f"{result['median_seconds_per_volume']:>9} {TARGET_VOLUMES_PER_SECOND:>7}"
+    )
 
 
 if __name__ == "__main__":

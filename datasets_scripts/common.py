@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "test")
 
 # Strings that collections use for "no value"; compared after stripping and lower-casing.
-MISSING_VALUE_STRINGS = frozenset({"", "na", "n/a", "nan", "none", "null", "not collected", "not given", "not given.", "-", "--"})
+MISSING_VALUE_STRINGS = frozenset(
+    {"", "na", "n/a", "nan", "none", "null", "not collected", "not given", "not given.", "-", "--"}
+)
 
 
 class DatasetLayoutError(LuCaFoundInputError):

@@ -33,14 +33,44 @@ from .common import (
 logger = logging.getLogger(__name__)
 
 FINDING_COLUMNS = (
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-    "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion", "Mosaic attenuation pattern",
-    "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
 )
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
-METADATA_COLUMNS = ("VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "ImageOrientationPatient")
-METADATA_KEPT = ("Manufacturer", "ManufacturerModelName", "SeriesDescription", "ConvolutionKernel", "PatientSex", "PatientAge", "CTDIvol", "NumberofSlices")
+METADATA_COLUMNS = (
+    "VolumeName",
+    "XYSpacing",
+    "ZSpacing",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ImageOrientationPatient",
+)
+METADATA_KEPT = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SeriesDescription",
+    "ConvolutionKernel",
+    "PatientSex",
+    "PatientAge",
+    "CTDIvol",
+    "NumberofSlices",
+)
 # Official split folder -> (our split name, reports/metadata file prefix, labels file prefix)
 OFFICIAL_SPLITS = {"train": ("train", "train", "train"), "valid": ("validation", "validation", "valid")}
 KNOWN_BAD_VOLUMES = frozenset({"train_1267_a_4", "train_11755_a_3", "train_11755_a_4"})
@@ -98,7 +128,9 @@ class CtRate(datasets.GeneratorBasedBuilder):
             "technique": datasets.Value("string"),
             "findings": datasets.Value("string"),
             "impressions": datasets.Value("string"),
-            **{finding_column_name(name): datasets.ClassLabel(names=list(PRESENCE_CLASSES)) for name in FINDING_COLUMNS},
+            **{
+                finding_column_name(name): datasets.ClassLabel(names=list(PRESENCE_CLASSES)) for name in FINDING_COLUMNS
+            },
             "patient_sex": datasets.Value("string"),
             "patient_age": datasets.Value("int32"),
             "metadata": datasets.Value("string"),
@@ -111,7 +143,9 @@ class CtRate(datasets.GeneratorBasedBuilder):
             features["rescale_intercept"] = datasets.Value("float32")
             features["stored_as_hounsfield"] = datasets.Value("bool")
             features.update(volume_geometry_features())
-        return datasets.DatasetInfo(description=_DESCRIPTION, features=datasets.Features(features), license="cc-by-nc-sa-4.0")
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION, features=datasets.Features(features), license="cc-by-nc-sa-4.0"
+        )
 
     def _split_generators(self, dl_manager):
         root = _dataset_folder(require_data_dir(self.config, "CtRate"))
@@ -122,7 +156,10 @@ class CtRate(datasets.GeneratorBasedBuilder):
             if not reports_path.exists():
                 continue
             reports = read_csv_table(reports_path, REPORT_COLUMNS)
-            labels = read_csv_table(root / "multi_abnormality_labels" / f"{labels_prefix}_predicted_labels.csv", ("VolumeName",) + FINDING_COLUMNS)
+            labels = read_csv_table(
+                root / "multi_abnormality_labels" / f"{labels_prefix}_predicted_labels.csv",
+                ("VolumeName",) + FINDING_COLUMNS,
+            )
             metadata = read_csv_table(root / "metadata" / f"{table_prefix}_metadata.csv", METADATA_COLUMNS)
             for row in labels:  # checked up front: a bad label stops the build before anything is written
                 _finding_labels(_volume_stem(row["VolumeName"]), row)
@@ -250,16 +287,29 @@ def read_ct_rate_volume(path, metadata_row):
     else:
         orientation = parse_number_list(metadata_row.get("ImageOrientationPatient"), 6, "ImageOrientationPatient")
         if orientation is not None and not np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=1e-3):
-            raise CtRateVolumeError(f"{path.name}: ImageOrientationPatient {orientation} is not axial identity; its voxel order is unknown")
+            raise CtRateVolumeError(
+                f"{path.name}: ImageOrientationPatient {orientation} is not axial identity; its voxel order is unknown"
+            )
         xy = parse_number_list(metadata_row.get("XYSpacing"), 2, "XYSpacing")
         z_spacing = parse_float(metadata_row.get("ZSpacing"), "ZSpacing")
         if xy is None or z_spacing is None or z_spacing <= 0:
-            raise CtRateVolumeError(f"{path.name}: the metadata has no usable XYSpacing/ZSpacing and the NIfTI header is blank")
+            raise CtRateVolumeError(
+                f"{path.name}: the metadata has no usable XYSpacing/ZSpacing and the NIfTI header is blank"
+            )
         spacing = (float(z_spacing), float(xy[1]), float(xy[0]))
         position = parse_number_list(metadata_row.get("ImagePositionPatient"), 3, "ImagePositionPatient")
         origin = tuple(position) if position is not None else (0.0, 0.0, 0.0)
-    hu, stored_as_hounsfield = hounsfield_from_stored(data.transpose(2, 1, 0).astype(np.float32), slope, intercept, path.name)
-    return {"hu": hu, "spacing": spacing, "origin": origin, "slope": slope, "intercept": intercept, "stored_as_hounsfield": stored_as_hounsfield}
+    hu, stored_as_hounsfield = hounsfield_from_stored(
+        data.transpose(2, 1, 0).astype(np.float32), slope, intercept, path.name
+    )
+    return {
+        "hu": hu,
+        "spacing": spacing,
+        "origin": origin,
+        "slope": slope,
+        "intercept": intercept,
+        "stored_as_hounsfield": stored_as_hounsfield,
+    }
 
 
 def hounsfield_from_stored(values, slope, intercept, description):
@@ -311,5 +361,7 @@ def _text_and_labels(name, report, labels, metadata):
     age = metadata.get("PatientAge", "")
     example["patient_sex"] = None if is_missing(metadata.get("PatientSex")) else metadata["PatientSex"]
     example["patient_age"] = int(age.rstrip("Yy")) if age and age.rstrip("Yy").isdigit() else None
-    example["metadata"] = json.dumps({key: metadata[key] for key in METADATA_KEPT if key in metadata and not is_missing(metadata[key])})
+    example["metadata"] = json.dumps(
+        {key: metadata[key] for key in METADATA_KEPT if key in metadata and not is_missing(metadata[key])}
+    )
     return example

@@ -34,11 +34,36 @@ logger = logging.getLogger(__name__)
 
 INFO_FILE = "DL_info.csv"
 INFO_COLUMNS = (
-    "File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index", "Measurement_coordinates",
-    "Bounding_boxes", "Lesion_diameters_Pixel_", "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy",
-    "Slice_range", "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender", "Patient_age", "Train_Val_Test",
+    "File_name",
+    "Patient_index",
+    "Study_index",
+    "Series_ID",
+    "Key_slice_index",
+    "Measurement_coordinates",
+    "Bounding_boxes",
+    "Lesion_diameters_Pixel_",
+    "Normalized_lesion_location",
+    "Coarse_lesion_type",
+    "Possibly_noisy",
+    "Slice_range",
+    "Spacing_mm_px_",
+    "Image_size",
+    "DICOM_windows",
+    "Patient_gender",
+    "Patient_age",
+    "Train_Val_Test",
 )
-LESION_TYPES = {1: "bone", 2: "abdomen", 3: "mediastinum", 4: "liver", 5: "lung", 6: "kidney", 7: "soft tissue", 8: "pelvis", -1: "unknown"}
+LESION_TYPES = {
+    1: "bone",
+    2: "abdomen",
+    3: "mediastinum",
+    4: "liver",
+    5: "lung",
+    6: "kidney",
+    7: "soft tissue",
+    8: "pelvis",
+    -1: "unknown",
+}
 LESION_TYPE_CLASSES = ("bone", "abdomen", "mediastinum", "liver", "lung", "kidney", "soft tissue", "pelvis", "unknown")
 OFFICIAL_SPLIT_CODES = {1: "train", 2: "validation", 3: "test"}
 PIXEL_OFFSET = 32768
@@ -111,7 +136,9 @@ class DeepLesion(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = require_data_dir(self.config, "DeepLesion")
         if not (root / "Images_png").is_dir():
-            raise DatasetLayoutError(f"{root / 'Images_png'} not found: unzip Images_png_01.zip ... _56.zip into {root}")
+            raise DatasetLayoutError(
+                f"{root / 'Images_png'} not found: unzip Images_png_01.zip ... _56.zip into {root}"
+            )
         rows = read_csv_table(root / INFO_FILE, INFO_COLUMNS)
         for row in rows:
             row["Patient_index"] = str(parse_int(row["Patient_index"], "Patient_index"))
@@ -176,7 +203,9 @@ class DeepLesion(datasets.GeneratorBasedBuilder):
                     {
                         "sex": {"F": "female", "M": "male"}.get(sex),
                         "age": example["patient_age"],
-                        "lesion types": ", ".join(sorted({LESION_TYPE_CLASSES[lesion["lesion_type"]] for lesion in lesions})),
+                        "lesion types": ", ".join(
+                            sorted({LESION_TYPE_CLASSES[lesion["lesion_type"]] for lesion in lesions})
+                        ),
                     }
                 )
             if is_preprocessed_config(self.config):
@@ -188,7 +217,10 @@ class DeepLesion(datasets.GeneratorBasedBuilder):
             else:
                 example.update(
                     {
-                        "image": {"bytes": nifti_bytes_from_lps_volume(hu, spacing, (0.0, 0.0, 0.0)), "path": f"{file_name[:-4]}.nii.gz"},
+                        "image": {
+                            "bytes": nifti_bytes_from_lps_volume(hu, spacing, (0.0, 0.0, 0.0)),
+                            "path": f"{file_name[:-4]}.nii.gz",
+                        },
                         "shape": list(hu.shape),
                         "spacing": list(spacing),
                         "origin": [0.0, 0.0, 0.0],
@@ -253,4 +285,3 @@ def _read_slices(folder, slice_range, image_size):
             raise DatasetLayoutError(f"{folder.name}/{path.name} is {pixels.shape}, DL_info.csv says {image_size}")
         slices.append(np.clip(pixels - PIXEL_OFFSET, -1024, 3071).astype(np.int16))
     return np.stack(slices)
-

@@ -36,7 +36,18 @@ logger = logging.getLogger(__name__)
 
 ANNOTATIONS_FILE = "DLCSD24_Annotations.csv"
 METADATA_FILE_PATTERN = "DLCSD24_metadata*.csv"
-ANNOTATION_COLUMNS = ["patient-id", "nodule_id", "ct_nifti_file", "coordX", "coordY", "coordZ", "w", "h", "d", "Malignant_lbl"]
+ANNOTATION_COLUMNS = [
+    "patient-id",
+    "nodule_id",
+    "ct_nifti_file",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "w",
+    "h",
+    "d",
+    "Malignant_lbl",
+]
 MALIGNANCY_CLASSES = ("benign", "malignant")
 # benchmark_split tokens are UNCONFIRMED: accept the usual spellings.
 BENCHMARK_SPLIT_TOKENS = {
@@ -209,11 +220,16 @@ def _read_metadata(root):
     if not tables:
         return {}
     rows = read_csv_table(tables[-1], [])
-    id_column = next((name for name in ("patient-id", "PatientID", "patient_id", "Patient ID") if rows and name in rows[0]), None)
+    id_column = next(
+        (name for name in ("patient-id", "PatientID", "patient_id", "Patient ID") if rows and name in rows[0]), None
+    )
     if id_column is None:
         logger.warning("Dlcsd24: %s has no patient-id column; its fields are not attached", tables[-1].name)
         return {}
-    return {row[id_column]: {name: value for name, value in row.items() if name != id_column and not is_missing(value)} for row in rows}
+    return {
+        row[id_column]: {name: value for name, value in row.items() if name != id_column and not is_missing(value)}
+        for row in rows
+    }
 
 
 def _benchmark_split(row):
@@ -222,7 +238,9 @@ def _benchmark_split(row):
         return None
     split = BENCHMARK_SPLIT_TOKENS.get(normalise_text(token).lower())
     if split is None:
-        logger.warning("Dlcsd24: unknown benchmark_split %r for %s; that patient is split randomly", token, row["patient-id"])
+        logger.warning(
+            "Dlcsd24: unknown benchmark_split %r for %s; that patient is split randomly", token, row["patient-id"]
+        )
     return split
 
 
@@ -233,12 +251,15 @@ def _nodule(row, volume):
         raise DatasetValueError(f"nodule {row['nodule_id']}: a coordinate or size is blank")
     malignancy = parse_int(row["Malignant_lbl"], "Malignant_lbl")
     if malignancy not in (0, 1):
-        raise DatasetValueError(f"nodule {row['nodule_id']}: Malignant_lbl must be 0 or 1, got {row['Malignant_lbl']!r}")
+        raise DatasetValueError(
+            f"nodule {row['nodule_id']}: Malignant_lbl must be 0 or 1, got {row['Malignant_lbl']!r}"
+        )
     world = (column_values["coordX"], column_values["coordY"], column_values["coordZ"])
     voxel = world_to_voxel(world, volume.origin, volume.spacing, volume.direction)
     if not all(-0.5 <= index <= size - 0.5 for index, size in zip(voxel, volume.array.shape)):
         raise DatasetValueError(
-            f"nodule {row['nodule_id']}: centre {world} mm falls outside the volume (voxel {tuple(round(v, 1) for v in voxel)}, "
+            f"nodule {row['nodule_id']}: centre {world} mm falls outside the volume "
+            f"(voxel {tuple(round(v, 1) for v in voxel)}, "
             f"shape {volume.array.shape}); the annotation and the volume do not match"
         )
     return {

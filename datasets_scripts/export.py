@@ -1,7 +1,8 @@
 """Export built LuCaFound datasets to Parquet (volumes embedded) or to the Hub, so that others load them with plain
 `load_dataset("parquet", ...)` / `load_dataset("org/name")` and get the same features back (no scripts).
 
-Command line: `python -m datasets_scripts.export synthetic preprocessed OUTPUT_DIR [--data-dir ...] [--push-to-hub ORG/NAME --dry-run]`.
+Command line: `python -m datasets_scripts.export synthetic preprocessed OUTPUT_DIR [--data-dir ...]
+[--push-to-hub ORG/NAME --dry-run]`.
 """
 
 import argparse
@@ -76,24 +77,35 @@ def _write_card(output_dir, config_name, written):
         lines.append("  data_files:")
         for split, pattern in splits.items():
             lines += [f"  - split: {split}", f"    path: {pattern}"]
-    lines += ["---", "", "Exported by `datasets_scripts.export` (LuCaFound). Load with `load_dataset(\"parquet\", ...)` or from the Hub.", ""]
+    lines += [
+        "---",
+        "",
+        'Exported by `datasets_scripts.export` (LuCaFound). Load with `load_dataset("parquet", ...)` or from the Hub.',
+        "",
+    ]
     temporary = card.with_name(f".{card.name}.tmp")
     temporary.write_text("\n".join(lines), encoding="utf-8")
     os.replace(temporary, card)
 
 
-def push_dataset_to_hub(dataset_dict, repo_id, config_name="default", private=True, token=None, dry_run=False, max_shard_size="500MB"):
+def push_dataset_to_hub(
+    dataset_dict, repo_id, config_name="default", private=True, token=None, dry_run=False, max_shard_size="500MB"
+):
     """Push with `DatasetDict.push_to_hub` (files embedded, Parquet); `dry_run=True` only reports what would go."""
     plan = {
         "repo_id": repo_id,
         "config_name": config_name,
         "private": private,
-        "splits": {split: {"rows": len(dataset), "bytes": dataset.data.nbytes} for split, dataset in dataset_dict.items()},
+        "splits": {
+            split: {"rows": len(dataset), "bytes": dataset.data.nbytes} for split, dataset in dataset_dict.items()
+        },
         "features": {name: str(feature) for name, feature in next(iter(dataset_dict.values())).features.items()},
     }
     if dry_run:
         return plan
-    dataset_dict.push_to_hub(repo_id, config_name=config_name, private=private, token=token, max_shard_size=max_shard_size)
+    dataset_dict.push_to_hub(
+        repo_id, config_name=config_name, private=private, token=token, max_shard_size=max_shard_size
+    )
     return plan
 
 

@@ -173,7 +173,9 @@ def _tube_mask(start_mm, end_mm, start_radius, end_radius, geometry):
     # Coordinates relative to the tube start.
     pz, py, px = dz + (center[0] - start_mm[0]), dy + (center[1] - start_mm[1]), dx + (center[2] - start_mm[2])
     along = np.clip((pz * direction[0] + py * direction[1] + px * direction[2]) / length_squared, 0, 1)
-    distance_squared = (pz - along * direction[0]) ** 2 + (py - along * direction[1]) ** 2 + (px - along * direction[2]) ** 2
+    distance_squared = (
+        (pz - along * direction[0]) ** 2 + (py - along * direction[1]) ** 2 + (px - along * direction[2]) ** 2
+    )
     local_radius = start_radius + (end_radius - start_radius) * along
     return slices, distance_squared <= local_radius**2
 
@@ -226,7 +228,10 @@ class _PhantomBuilder:
         np.copyto(volume, np.int16(HU_FAT), where=cavity)  # mediastinal fat; organs are painted over it
 
         # Upper abdomen under the diaphragm (liver on the right, soft tissue on the left).
-        base_2d = {side: geometry.lung_base_fraction(side, geometry.lung_radius(side, geometry.yy, geometry.xx)) for side in (-1, 1)}
+        base_2d = {
+            side: geometry.lung_base_fraction(side, geometry.lung_radius(side, geometry.yy, geometry.xx))
+            for side in (-1, 1)
+        }
         diaphragm = np.minimum(base_2d[-1], base_2d[1])
         abdomen = cavity & (z_fraction < diaphragm[None])
         np.copyto(volume, np.int16(HU_LIVER), where=abdomen)
@@ -244,9 +249,15 @@ class _PhantomBuilder:
 
         # Heart: an ellipsoid in the lower anterior mediastinum that indents the left lung.
         heart_center = np.array(
-            [rng.uniform(0.3, 0.36) * geometry.height_mm, -0.3 * geometry.body_half_depth, 0.12 * geometry.body_half_width]
+            [
+                rng.uniform(0.3, 0.36) * geometry.height_mm,
+                -0.3 * geometry.body_half_depth,
+                0.12 * geometry.body_half_width,
+            ]
         )
-        heart_half = np.array([0.17 * geometry.height_mm, 0.42 * geometry.body_half_depth, 0.36 * geometry.body_half_width])
+        heart_half = np.array(
+            [0.17 * geometry.height_mm, 0.42 * geometry.body_half_depth, 0.36 * geometry.body_half_width]
+        )
         slices, (dz, dy, dx) = _box_around(heart_center, heart_half, geometry)
         heart = (dz / heart_half[0]) ** 2 + (dy / heart_half[1]) ** 2 + (dx / heart_half[2]) ** 2 <= 1
         lung_mask[slices] &= ~heart
@@ -254,7 +265,7 @@ class _PhantomBuilder:
 
         # Descending aorta and oesophagus: tubes beside and in front of the spine.
         aorta_x, aorta_y = 0.16 * geometry.body_half_width, 0.42 * geometry.body_half_depth
-        for (tube_x, tube_y, tube_radius, value) in (
+        for tube_x, tube_y, tube_radius, value in (
             (aorta_x, aorta_y, 11 * geometry.scale, HU_BLOOD),
             (-0.03 * geometry.body_half_width, 0.36 * geometry.body_half_depth, 6 * geometry.scale, HU_SOFT_TISSUE),
         ):
@@ -285,7 +296,13 @@ class _PhantomBuilder:
             vessel_segments, airway_segments = [], []
             # Vessels fan out from the hilum in every direction; airways follow the main ones.
             main_directions = [
-                np.array([np.sin(elevation), np.cos(elevation) * np.sin(azimuth), side * np.cos(elevation) * (0.3 + abs(np.cos(azimuth)))])
+                np.array(
+                    [
+                        np.sin(elevation),
+                        np.cos(elevation) * np.sin(azimuth),
+                        side * np.cos(elevation) * (0.3 + abs(np.cos(azimuth))),
+                    ]
+                )
                 for elevation in (-1.25, -0.6, 0.0, 0.6, 1.2)
                 for azimuth in (-1.2, -0.4, 0.4, 1.2)
             ]
@@ -301,7 +318,9 @@ class _PhantomBuilder:
                 _grow_tree(hilum, jitter, base_length * rng.uniform(0.7, 0.9), 3.0 * scale, 2, rng, airway_segments)
             minimum_radius = 0.45 * min(geometry.spacing[1:])
             for start, end, start_radius, end_radius in vessel_segments:
-                slices, tube = _tube_mask(start, end, max(start_radius, minimum_radius), max(end_radius, minimum_radius), geometry)
+                slices, tube = _tube_mask(
+                    start, end, max(start_radius, minimum_radius), max(end_radius, minimum_radius), geometry
+                )
                 if tube is not None:
                     _paint(self.volume, slices, tube, HU_BLOOD, where=self.lung_mask)
             for start, end, start_radius, end_radius in airway_segments:
@@ -323,7 +342,9 @@ class _PhantomBuilder:
             tubes.append((carina, geometry.hilum[side], radius * 0.75, radius * 0.55))
         walls = []
         for start, end, start_radius, end_radius in tubes:
-            slices, wall = _tube_mask(start, end, start_radius + 1.8 * geometry.scale + 0.5, end_radius + 1.8 * geometry.scale + 0.5, geometry)
+            slices, wall = _tube_mask(
+                start, end, start_radius + 1.8 * geometry.scale + 0.5, end_radius + 1.8 * geometry.scale + 0.5, geometry
+            )
             if wall is not None:
                 walls.append((slices, wall))
                 _paint(self.volume, slices, wall, HU_SOFT_TISSUE + 30)
@@ -344,7 +365,9 @@ class _PhantomBuilder:
         canal_distance = np.hypot(geometry.xx - spine_x, geometry.yy - canal_y)
         body_pixels = np.nonzero(distance <= radius)
         rim_pixels = distance[body_pixels] >= 0.82 * radius
-        arch_pixels = np.nonzero((canal_distance <= 0.85 * radius) & (distance > radius) & (geometry.body_radius <= 0.97))
+        arch_pixels = np.nonzero(
+            (canal_distance <= 0.85 * radius) & (distance > radius) & (geometry.body_radius <= 0.97)
+        )
         canal_pixels = canal_distance[arch_pixels] <= 0.45 * radius
         vertebra_height = 26.0 * max(geometry.scale, 0.3)
         disc = ((geometry.z_mm / vertebra_height) % 1.0) < 0.2  # (depth,)
@@ -395,13 +418,22 @@ class _PhantomBuilder:
             inside = self.lung_mask[index[:, 0], index[:, 1], index[:, 2]]
             if inside.any():
                 index = index[inside][:count]
-                return np.stack([geometry.z_mm[index[:, 0]], geometry.y_mm[index[:, 1]], geometry.x_mm[index[:, 2]]], axis=1)
+                return np.stack(
+                    [geometry.z_mm[index[:, 0]], geometry.y_mm[index[:, 1]], geometry.x_mm[index[:, 2]]], axis=1
+                )
         return np.zeros((0, 3))
 
     def _lung_at(self, points_mm):
         geometry = self.geometry
         index = [
-            np.clip(np.round(points_mm[..., axis] / geometry.spacing[axis] - (0.5 if axis == 0 else 0.5 - geometry.shape[axis] / 2)), 0, geometry.shape[axis] - 1).astype(int)
+            np.clip(
+                np.round(
+                    points_mm[..., axis] / geometry.spacing[axis]
+                    - (0.5 if axis == 0 else 0.5 - geometry.shape[axis] / 2)
+                ),
+                0,
+                geometry.shape[axis] - 1,
+            ).astype(int)
             for axis in range(3)
         ]
         return self.lung_mask[index[0], index[1], index[2]]
@@ -430,10 +462,20 @@ class _PhantomBuilder:
             elif location == "central":
                 good = (outside_fraction == 0) & (hilum_distance < 0.45 * geometry.lung_half_width + radius)
             elif location == "juxtapleural":
-                good = (outside_fraction > 0.08) & (outside_fraction < 0.45) & (outside_medial == 0) & (outside_lateral > 0)
+                good = (
+                    (outside_fraction > 0.08)
+                    & (outside_fraction < 0.45)
+                    & (outside_medial == 0)
+                    & (outside_lateral > 0)
+                )
                 good &= below <= outside_lateral // 2
             else:  # mediastinal
-                good = (outside_fraction > 0.08) & (outside_fraction < 0.45) & (outside_medial > 0) & (outside_lateral == 0)
+                good = (
+                    (outside_fraction > 0.08)
+                    & (outside_fraction < 0.45)
+                    & (outside_medial > 0)
+                    & (outside_lateral == 0)
+                )
             if good.any():
                 choice = self.rng.choice(np.nonzero(good)[0])
                 center = candidates[choice]
@@ -481,7 +523,13 @@ class _PhantomBuilder:
             for direction in _random_directions(rng, int(rng.integers(8, 15))):
                 start = center + direction * radius * 0.7
                 end = center + direction * radius * rng.uniform(1.5, 2.0)
-                tube_slices, tube = _tube_mask(start, end, max(1.0 * geometry.scale, 0.45 * geometry.spacing[2]), 0.3 * geometry.spacing[2], geometry)
+                tube_slices, tube = _tube_mask(
+                    start,
+                    end,
+                    max(1.0 * geometry.scale, 0.45 * geometry.spacing[2]),
+                    0.3 * geometry.spacing[2],
+                    geometry,
+                )
                 if tube is not None:
                     full_mask[tube_slices] |= tube & self.lung_mask[tube_slices]
         region = self.volume[slices]
@@ -524,7 +572,11 @@ class _PhantomBuilder:
             "margin": margin,
             "density": density,
             "center_voxel": voxel_center,
-            "bbox": [[int(z_index.min()), int(z_index.max()) + 1], [int(y_index.min()), int(y_index.max()) + 1], [int(x_index.min()), int(x_index.max()) + 1]],
+            "bbox": [
+                [int(z_index.min()), int(z_index.max()) + 1],
+                [int(y_index.min()), int(y_index.max()) + 1],
+                [int(x_index.min()), int(x_index.max()) + 1],
+            ],
             "mask": mask,
         }
 
@@ -546,7 +598,9 @@ class _PhantomBuilder:
             density = overrides["density"]
         else:
             ground_glass_weight = 0.3 if diameter <= 30 else 0.05
-            density = str(rng.choice(DENSITY_CLASSES, p=[1 - 2 * ground_glass_weight, ground_glass_weight, ground_glass_weight]))
+            density = str(
+                rng.choice(DENSITY_CLASSES, p=[1 - 2 * ground_glass_weight, ground_glass_weight, ground_glass_weight])
+            )
         margin = overrides.get("margin") or str(rng.choice(MARGIN_CLASSES, p=[0.3, 0.3, 0.4]))
         self.lesion_mask = np.zeros(self.geometry.shape, dtype=bool)
         primary = self._lesion_finding("primary", side, lobe, location, diameter, margin, density)
@@ -607,14 +661,28 @@ class _PhantomBuilder:
         egfr = "mutant" if rng.random() < egfr_probability else "wildtype"
 
         # Lymph node spread depends on size, central location and histology.
-        node_logit = -2.0 + 0.05 * (diameter - 20) + 1.1 * central + 1.0 * (histology == "small cell carcinoma") - 1.5 * (primary["density"] == "ground-glass")
+        node_logit = (
+            -2.0
+            + 0.05 * (diameter - 20)
+            + 1.1 * central
+            + 1.0 * (histology == "small cell carcinoma")
+            - 1.5 * (primary["density"] == "ground-glass")
+        )
         node_probability = 1 / (1 + math.exp(-node_logit))
         if rng.random() < node_probability:
             n_stage = str(rng.choice(["N1", "N2", "N3"], p=[0.45, 0.4, 0.15]))
         else:
             n_stage = "N0"
-        metastasis_logit = -3.0 + 0.9 * (n_stage != "N0") + 0.8 * (n_stage == "N3") + 0.03 * (diameter - 20) + 0.9 * (histology == "small cell carcinoma")
-        has_contralateral = any(f.get("role") == "further nodule" and f["side"] != primary["side"] for f in self.findings)
+        metastasis_logit = (
+            -3.0
+            + 0.9 * (n_stage != "N0")
+            + 0.8 * (n_stage == "N3")
+            + 0.03 * (diameter - 20)
+            + 0.9 * (histology == "small cell carcinoma")
+        )
+        has_contralateral = any(
+            f.get("role") == "further nodule" and f["side"] != primary["side"] for f in self.findings
+        )
         m_stage = "M0"
         if has_contralateral:
             m_stage = "M1a"
@@ -654,9 +722,25 @@ class _PhantomBuilder:
         if n_stage in ("N1", "N2", "N3"):
             places.append(("hilar", side, geometry.hilum[side] + np.array([-4.0, 3.0, side * 4.0]) * geometry.scale))
         if n_stage in ("N2", "N3"):
-            places.append(("mediastinal", side, carina + np.array([12.0, -6.0, side * 1.2 * geometry.trachea_radius + 6]) * np.array([geometry.scale, geometry.scale, 1.0])))
+            places.append(
+                (
+                    "mediastinal",
+                    side,
+                    carina
+                    + np.array([12.0, -6.0, side * 1.2 * geometry.trachea_radius + 6])
+                    * np.array([geometry.scale, geometry.scale, 1.0]),
+                )
+            )
         if n_stage == "N3":
-            places.append(("mediastinal", -side, carina + np.array([16.0, -8.0, -side * 1.2 * geometry.trachea_radius - 6]) * np.array([geometry.scale, geometry.scale, 1.0])))
+            places.append(
+                (
+                    "mediastinal",
+                    -side,
+                    carina
+                    + np.array([16.0, -8.0, -side * 1.2 * geometry.trachea_radius - 6])
+                    * np.array([geometry.scale, geometry.scale, 1.0]),
+                )
+            )
         for station, node_side, center in places:
             short_axis = float(np.clip(rng.uniform(12, 22) * geometry.scale, 2 * geometry.spacing[2], 40))
             half = np.array([short_axis * 0.7, short_axis * 0.5, short_axis * 0.5])
@@ -686,14 +770,18 @@ class _PhantomBuilder:
         effusion = self.lung_mask & dependent & in_side & ~self.lesion_mask
         self.volume[effusion] = HU_FLUID
         self.lung_mask &= ~effusion
-        self.findings.append({"kind": "pleural effusion", "role": "metastatic spread", "side": "right" if side < 0 else "left"})
+        self.findings.append(
+            {"kind": "pleural effusion", "role": "metastatic spread", "side": "right" if side < 0 else "left"}
+        )
 
     def _paint_bone_metastasis(self):
         geometry, rng = self.geometry, self.rng
         spine_x, spine_y = geometry.spine_center
         z_center = rng.uniform(0.35, 0.8) * geometry.height_mm
         radius = 0.55 * geometry.spine_radius
-        center = np.array([z_center, spine_y - 0.2 * geometry.spine_radius, spine_x + rng.uniform(-0.2, 0.2) * geometry.spine_radius])
+        center = np.array(
+            [z_center, spine_y - 0.2 * geometry.spine_radius, spine_x + rng.uniform(-0.2, 0.2) * geometry.spine_radius]
+        )
         slices, (dz, dy, dx) = _box_around(center, (radius, radius, radius), geometry)
         lesion = dz**2 + dy**2 + dx**2 <= radius**2
         region = self.volume[slices]
@@ -714,7 +802,9 @@ class _PhantomBuilder:
 
 def _sphere_directions():
     """26 unit vectors to the neighbours of a voxel: probes around a candidate lesion centre."""
-    offsets = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)], dtype=float)
+    offsets = np.array(
+        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)], dtype=float
+    )
     return offsets / np.linalg.norm(offsets, axis=1, keepdims=True)
 
 
@@ -758,12 +848,18 @@ def _choose(rng, options):
 
 def write_report(findings, rng):
     """A templated radiology report that states exactly the findings painted into the phantom."""
-    lines = [_choose(rng, ["CT CHEST WITHOUT CONTRAST.", "CT OF THE CHEST, NON-CONTRAST.", "CHEST CT."]), "", "FINDINGS:"]
+    lines = [
+        _choose(rng, ["CT CHEST WITHOUT CONTRAST.", "CT OF THE CHEST, NON-CONTRAST.", "CHEST CT."]),
+        "",
+        "FINDINGS:",
+    ]
     lesions = [finding for finding in findings if finding["kind"] in ("nodule", "mass")]
     primary = lesions[0]
     location_phrase = {
         "peripheral": _choose(rng, [" in the lung periphery", " peripherally", ""]),
-        "juxtapleural": _choose(rng, [", abutting the pleura", ", juxtapleural", ", in contact with the costal pleura"]),
+        "juxtapleural": _choose(
+            rng, [", abutting the pleura", ", juxtapleural", ", in contact with the costal pleura"]
+        ),
         "central": _choose(rng, [" in a perihilar location", ", centrally near the hilum"]),
         "mediastinal": _choose(rng, [", abutting the mediastinum", ", juxtamediastinal"]),
     }[primary["location"]]
@@ -779,9 +875,14 @@ def write_report(findings, rng):
     nodes = [finding for finding in findings if finding["kind"] == "lymph node"]
     if nodes:
         for node in nodes:
-            lines.append(f"Enlarged {node['side']} {node['station']} lymph node measuring {node['short_axis_mm']} mm in short axis.")
+            lines.append(
+                f"Enlarged {node['side']} {node['station']} lymph node measuring {node['short_axis_mm']} mm "
+                "in short axis."
+            )
     else:
-        lines.append(_choose(rng, ["No mediastinal or hilar lymphadenopathy.", "No enlarged mediastinal or hilar lymph nodes."]))
+        lines.append(
+            _choose(rng, ["No mediastinal or hilar lymphadenopathy.", "No enlarged mediastinal or hilar lymph nodes."])
+        )
     effusions = [finding for finding in findings if finding["kind"] == "pleural effusion"]
     if effusions:
         lines.append(f"{_choose(rng, ['Small', 'Moderate'])} {effusions[0]['side']} pleural effusion.")
@@ -794,7 +895,10 @@ def write_report(findings, rng):
         lines.append(_choose(rng, ["No suspicious osseous lesion.", "Osseous structures without focal lesion."]))
     lines.append(_choose(rng, ["The central airways are patent.", "Trachea and main bronchi are patent."]))
     lines += ["", "IMPRESSION:"]
-    impression = f"{primary['diameter_mm']} mm {primary['margin']} {primary['density']} {primary['kind']} in the {LOBE_NAMES[primary['lobe']]}"
+    impression = (
+        f"{primary['diameter_mm']} mm {primary['margin']} {primary['density']} {primary['kind']} "
+        f"in the {LOBE_NAMES[primary['lobe']]}"
+    )
     if primary["density"] == "ground-glass" and primary["diameter_mm"] <= 30:
         impression += ", which may represent a slowly growing neoplasm; follow-up or tissue sampling advised."
     else:
@@ -817,8 +921,8 @@ def generate_chest_phantom(seed, shape=(128, 256, 256), spacing=None, noise_std=
     `shape` and `spacing` (z, y, x) set the grid. With `spacing=None` the grid covers an adult chest
     (320 x 358 x 358 mm: (2.5, 1.4, 1.4) mm at the default shape), so a small grid such as (24, 64, 64) is a
     coarse but life-sized chest that lung segmentation finds. With an explicit spacing the anatomy fills that
-    field of view proportionally (a tiny field of view gives a tiny chest). `primary_lesion` fixes attributes of the main tumour
-    (`lobe`, `location`, `diameter_mm`, `margin`, `density`, `further_nodules`); the rest are drawn.
+    field of view proportionally (a tiny field of view gives a tiny chest). `primary_lesion` fixes attributes of the
+    main tumour (`lobe`, `location`, `diameter_mm`, `margin`, `density`, `further_nodules`); the rest are drawn.
     """
     shape = tuple(int(size) for size in shape)
     if spacing is None:

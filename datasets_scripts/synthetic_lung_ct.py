@@ -124,7 +124,10 @@ class SyntheticLungCT(datasets.GeneratorBasedBuilder):
                 "patient_id": patient_id,
                 "report": phantom.report,
                 "findings": json.dumps(phantom.findings),
-                **{name: phantom.labels[name] for name in ("histology", "egfr", "t_stage", "n_stage", "m_stage", "stage")},
+                **{
+                    name: phantom.labels[name]
+                    for name in ("histology", "egfr", "t_stage", "n_stage", "m_stage", "stage")
+                },
                 "survival_days": phantom.labels["survival_days"],
                 "event": phantom.labels["event"],
             }
@@ -138,7 +141,9 @@ class SyntheticLungCT(datasets.GeneratorBasedBuilder):
                             "path": f"{patient_id}.nii.gz",
                         },
                         "lesion_mask": {
-                            "bytes": nifti_bytes_from_lps_volume(phantom.lesion_mask.astype(np.uint8), phantom.spacing, phantom.origin),
+                            "bytes": nifti_bytes_from_lps_volume(
+                                phantom.lesion_mask.astype(np.uint8), phantom.spacing, phantom.origin
+                            ),
                             "path": f"{patient_id}_lesion.nii.gz",
                         },
                         "shape": list(phantom.hu.shape),

@@ -122,7 +122,9 @@ class UcsfPdgm(datasets.GeneratorBasedBuilder):
             row["subject_id"], row["patient_id"], row["follow_up"] = normalise_subject_id(row["ID"])
             row["labels"] = _labels(row)  # parsed up front: a bad value stops the build before anything is written
         self._rows = rows
-        self._folders = {path.name.removesuffix("_nifti"): path for path in root.rglob("UCSF-PDGM-*_nifti") if path.is_dir()}
+        self._folders = {
+            path.name.removesuffix("_nifti"): path for path in root.rglob("UCSF-PDGM-*_nifti") if path.is_dir()
+        }
         if not self._folders:
             raise DatasetLayoutError(f"no UCSF-PDGM-NNNN_nifti folders under {root}")
         assignment = patient_level_split(
@@ -144,7 +146,10 @@ class UcsfPdgm(datasets.GeneratorBasedBuilder):
             if folder is None:
                 skips.skip(subject, f"listed in the metadata table but no {subject}_nifti folder was found")
                 continue
-            paths = {suffix: folder / f"{subject}_{suffix}.nii.gz" for suffix in (*self.config.sequences, "brain_segmentation", "tumor_segmentation")}
+            paths = {
+                suffix: folder / f"{subject}_{suffix}.nii.gz"
+                for suffix in (*self.config.sequences, "brain_segmentation", "tumor_segmentation")
+            }
             missing = [suffix for suffix in self.config.sequences if not paths[suffix].is_file()]
             if missing:
                 skips.skip(subject, f"sequence file(s) {missing} missing from {folder.name}")
@@ -152,7 +157,11 @@ class UcsfPdgm(datasets.GeneratorBasedBuilder):
             example = dict(row["labels"])
             if self.config.clinical_text:
                 example["text"] = structured_report_text(
-                    {"sex": {0: "female", 1: "male"}.get(example["sex"]), "age": example["age"], "extent of resection": example["extent_of_resection"]}
+                    {
+                        "sex": {0: "female", 1: "male"}.get(example["sex"]),
+                        "age": example["age"],
+                        "extent of resection": example["extent_of_resection"],
+                    }
                 )
             if is_preprocessed_config(self.config):
                 try:
@@ -261,7 +270,9 @@ def preprocess_mri(paths, config):
     for suffix in config.sequences:
         array, spacing_of_sequence = _read_lps(paths[suffix])
         if sequences and array.shape != sequences[0].shape:
-            raise DatasetLayoutError(f"{paths[suffix].name} has shape {array.shape}, other sequences {sequences[0].shape}")
+            raise DatasetLayoutError(
+                f"{paths[suffix].name} has shape {array.shape}, other sequences {sequences[0].shape}"
+            )
         sequences.append(array)
         spacing = spacing or spacing_of_sequence
     if paths["brain_segmentation"].is_file():

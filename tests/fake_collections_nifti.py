@@ -63,7 +63,19 @@ def lps_world_of_voxel(index_zyx, spacing_zyx, origin_lps_xyz):
 # DLCSD24
 # ------------------------------------------------------------------------------------------------------------
 
-DLCSD24_HEADER = ["patient-id", "nodule_id", "ct_nifti_file", "coordX", "coordY", "coordZ", "w", "h", "d", "Malignant_lbl", "benchmark_split"]
+DLCSD24_HEADER = [
+    "patient-id",
+    "nodule_id",
+    "ct_nifti_file",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "w",
+    "h",
+    "d",
+    "Malignant_lbl",
+    "benchmark_split",
+]
 
 
 def write_fake_dlcsd24(root, patient_count=5, splits=("train", "train", "val", "test", "")):
@@ -85,9 +97,19 @@ def write_fake_dlcsd24(root, patient_count=5, splits=("train", "train", "val", "
             malignant = int(finding["role"] == "primary")
             nodule_id = f"{patient_id}_{number + 1:02d}"
             rows.append(
-                [patient_id, nodule_id, f"{patient_id}.nii.gz", f"{world[0]:.2f}", f"{world[1]:.2f}", f"{world[2]:.2f}",
-                 f"{finding['diameter_mm']:.2f}", f"{finding['diameter_mm']:.2f}", f"{finding['diameter_mm']:.2f}", str(malignant),
-                 splits[(index - 1) % len(splits)]]
+                [
+                    patient_id,
+                    nodule_id,
+                    f"{patient_id}.nii.gz",
+                    f"{world[0]:.2f}",
+                    f"{world[1]:.2f}",
+                    f"{world[2]:.2f}",
+                    f"{finding['diameter_mm']:.2f}",
+                    f"{finding['diameter_mm']:.2f}",
+                    f"{finding['diameter_mm']:.2f}",
+                    str(malignant),
+                    splits[(index - 1) % len(splits)],
+                ]
             )
             nodules.append({"nodule_id": nodule_id, "center_voxel": finding["center_voxel"], "malignancy": malignant})
         expected[patient_id] = nodules
@@ -102,9 +124,24 @@ def write_fake_dlcsd24(root, patient_count=5, splits=("train", "train", "val", "
 # ------------------------------------------------------------------------------------------------------------
 
 DL_INFO_HEADER = [
-    "File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index", "Measurement_coordinates",
-    "Bounding_boxes", "Lesion_diameters_Pixel_", "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy",
-    "Slice_range", "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender", "Patient_age", "Train_Val_Test",
+    "File_name",
+    "Patient_index",
+    "Study_index",
+    "Series_ID",
+    "Key_slice_index",
+    "Measurement_coordinates",
+    "Bounding_boxes",
+    "Lesion_diameters_Pixel_",
+    "Normalized_lesion_location",
+    "Coarse_lesion_type",
+    "Possibly_noisy",
+    "Slice_range",
+    "Spacing_mm_px_",
+    "Image_size",
+    "DICOM_windows",
+    "Patient_gender",
+    "Patient_age",
+    "Train_Val_Test",
 ]
 
 
@@ -146,22 +183,42 @@ def write_fake_deeplesion(root, series_specs=None):
         # Slice numbers run from head to foot: slice `first_slice` is the top (largest z) of the LPS volume.
         hu_in_slice_order = phantom.hu[::-1]
         for offset in range(count):
-            write_uint16_png(root / "Images_png" / folder / f"{first_slice + offset:03d}.png", hu_in_slice_order[offset].astype(np.int32) + 32768)
+            write_uint16_png(
+                root / "Images_png" / folder / f"{first_slice + offset:03d}.png",
+                hu_in_slice_order[offset].astype(np.int32) + 32768,
+            )
         by_key = {}
         for key_slice, box, lesion_type in lesions:
             by_key.setdefault(key_slice, []).append((box, lesion_type))
             x1, y1, x2, y2 = box
             rows.append(
                 [
-                    f"{folder}_{key_slice:03d}.png", patient, study, series, key_slice,
-                    _vector([x1, y1, x2, y2, x1, y2, x2, y1]), _vector([x1, y1, x2, y2]), _vector([x2 - x1, y2 - y1]),
-                    _vector([0.5, 0.4, 0.6]), lesion_type, 0, _vector([first_slice, first_slice + count - 1]),
-                    _vector([phantom.spacing[2], phantom.spacing[1], phantom.spacing[0]]), "64, 64", "-175, 275",
-                    "F" if patient % 2 else "M", "NaN" if patient == 3 else 50 + patient, split,
+                    f"{folder}_{key_slice:03d}.png",
+                    patient,
+                    study,
+                    series,
+                    key_slice,
+                    _vector([x1, y1, x2, y2, x1, y2, x2, y1]),
+                    _vector([x1, y1, x2, y2]),
+                    _vector([x2 - x1, y2 - y1]),
+                    _vector([0.5, 0.4, 0.6]),
+                    lesion_type,
+                    0,
+                    _vector([first_slice, first_slice + count - 1]),
+                    _vector([phantom.spacing[2], phantom.spacing[1], phantom.spacing[0]]),
+                    "64, 64",
+                    "-175, 275",
+                    "F" if patient % 2 else "M",
+                    "NaN" if patient == 3 else 50 + patient,
+                    split,
                 ]
             )
         for key_slice, lesion_list in by_key.items():
-            expected[f"{folder}_{key_slice:03d}.png"] = (phantom.hu, (patient, study, series, first_slice, count, split), lesion_list)
+            expected[f"{folder}_{key_slice:03d}.png"] = (
+                phantom.hu,
+                (patient, study, series, first_slice, count, split),
+                lesion_list,
+            )
     write_csv(root / "DL_info.csv", DL_INFO_HEADER, rows)
     return expected
 
@@ -171,9 +228,22 @@ def write_fake_deeplesion(root, series_specs=None):
 # ------------------------------------------------------------------------------------------------------------
 
 UCSF_HEADER = [
-    "ID", "Sex", "Age at MRI", "WHO CNS Grade", "Final pathologic diagnosis (WHO 2021)", "MGMT status", "MGMT index",
-    "1p/19q", "IDH", "1-dead 0-alive", "OS", "EOR", "Biopsy prior to imaging", "BraTS21 ID",
-    "BraTS21 Segmentation Cohort", "BraTS21 MGMT Cohort",
+    "ID",
+    "Sex",
+    "Age at MRI",
+    "WHO CNS Grade",
+    "Final pathologic diagnosis (WHO 2021)",
+    "MGMT status",
+    "MGMT index",
+    "1p/19q",
+    "IDH",
+    "1-dead 0-alive",
+    "OS",
+    "EOR",
+    "Biopsy prior to imaging",
+    "BraTS21 ID",
+    "BraTS21 Segmentation Cohort",
+    "BraTS21 MGMT Cohort",
 ]
 UCSF_SUFFIXES = ("T1", "T1c", "T2", "FLAIR", "brain_segmentation", "tumor_segmentation")
 
@@ -201,11 +271,76 @@ def write_fake_ucsf_pdgm(root, rows=None, version="v5"):
     package = root / "PKG - UCSF-PDGM-v3-20230111" / "UCSF-PDGM-v3"
     if rows is None:
         rows = [
-            {"ID": "UCSF-PDGM-004", "Sex": "M", "Age at MRI": "66", "WHO CNS Grade": "4", "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype", "MGMT status": "negative", "MGMT index": "0", "1p/19q": "", "IDH": "wildtype", "1-dead 0-alive": "1", "OS": "389", "EOR": "STR"},
-            {"ID": "UCSF-PDGM-005", "Sex": "F", "Age at MRI": "40", "WHO CNS Grade": "2", "Final pathologic diagnosis (WHO 2021)": "Oligodendroglioma, IDH-mutant, 1p/19q-codeleted", "MGMT status": "positive", "MGMT index": "12", "1p/19q": "Co-deletion", "IDH": "IDH1 p.R132H", "1-dead 0-alive": "0", "OS": "2100", "EOR": "GTR"},
-            {"ID": "UCSF-PDGM-012", "Sex": "F", "Age at MRI": "55", "WHO CNS Grade": "3", "Final pathologic diagnosis (WHO 2021)": "Astrocytoma, IDH-mutant", "MGMT status": "unknown", "MGMT index": "unknown", "1p/19q": "intact", "IDH": "mutated (NOS)", "1-dead 0-alive": "0", "OS": "", "EOR": ""},
-            {"ID": "UCSF-PDGM-120", "Sex": "M", "Age at MRI": "71", "WHO CNS Grade": "4", "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype", "MGMT status": "indeterminate", "MGMT index": "", "1p/19q": "", "IDH": "wildtype", "1-dead 0-alive": "1", "OS": "120", "EOR": "biopsy"},
-            {"ID": "UCSF-PDGM-120_FU", "Sex": "M", "Age at MRI": "71", "WHO CNS Grade": "4", "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype", "MGMT status": "indeterminate", "MGMT index": "", "1p/19q": "", "IDH": "wildtype", "1-dead 0-alive": "1", "OS": "120", "EOR": "biopsy"},
+            {
+                "ID": "UCSF-PDGM-004",
+                "Sex": "M",
+                "Age at MRI": "66",
+                "WHO CNS Grade": "4",
+                "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype",
+                "MGMT status": "negative",
+                "MGMT index": "0",
+                "1p/19q": "",
+                "IDH": "wildtype",
+                "1-dead 0-alive": "1",
+                "OS": "389",
+                "EOR": "STR",
+            },
+            {
+                "ID": "UCSF-PDGM-005",
+                "Sex": "F",
+                "Age at MRI": "40",
+                "WHO CNS Grade": "2",
+                "Final pathologic diagnosis (WHO 2021)": "Oligodendroglioma, IDH-mutant, 1p/19q-codeleted",
+                "MGMT status": "positive",
+                "MGMT index": "12",
+                "1p/19q": "Co-deletion",
+                "IDH": "IDH1 p.R132H",
+                "1-dead 0-alive": "0",
+                "OS": "2100",
+                "EOR": "GTR",
+            },
+            {
+                "ID": "UCSF-PDGM-012",
+                "Sex": "F",
+                "Age at MRI": "55",
+                "WHO CNS Grade": "3",
+                "Final pathologic diagnosis (WHO 2021)": "Astrocytoma, IDH-mutant",
+                "MGMT status": "unknown",
+                "MGMT index": "unknown",
+                "1p/19q": "intact",
+                "IDH": "mutated (NOS)",
+                "1-dead 0-alive": "0",
+                "OS": "",
+                "EOR": "",
+            },
+            {
+                "ID": "UCSF-PDGM-120",
+                "Sex": "M",
+                "Age at MRI": "71",
+                "WHO CNS Grade": "4",
+                "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype",
+                "MGMT status": "indeterminate",
+                "MGMT index": "",
+                "1p/19q": "",
+                "IDH": "wildtype",
+                "1-dead 0-alive": "1",
+                "OS": "120",
+                "EOR": "biopsy",
+            },
+            {
+                "ID": "UCSF-PDGM-120_FU",
+                "Sex": "M",
+                "Age at MRI": "71",
+                "WHO CNS Grade": "4",
+                "Final pathologic diagnosis (WHO 2021)": "Glioblastoma, IDH-wildtype",
+                "MGMT status": "indeterminate",
+                "MGMT index": "",
+                "1p/19q": "",
+                "IDH": "wildtype",
+                "1-dead 0-alive": "1",
+                "OS": "120",
+                "EOR": "biopsy",
+            },
         ]
     for number, row in enumerate(rows):
         identifier = row["ID"]
@@ -222,7 +357,11 @@ def write_fake_ucsf_pdgm(root, rows=None, version="v5"):
             folder.mkdir(parents=True, exist_ok=True)
             nibabel.save(image, str(folder / f"{folder_id}_{suffix}.nii.gz"))
     full_rows = [{column: row.get(column, "") for column in UCSF_HEADER} for row in rows]
-    write_csv(package.parent / f"UCSF-PDGM-metadata_{version}.csv", UCSF_HEADER, [[row[column] for column in UCSF_HEADER] for row in full_rows])
+    write_csv(
+        package.parent / f"UCSF-PDGM-metadata_{version}.csv",
+        UCSF_HEADER,
+        [[row[column] for column in UCSF_HEADER] for row in full_rows],
+    )
     return full_rows
 
 
@@ -231,10 +370,24 @@ def write_fake_ucsf_pdgm(root, rows=None, version="v5"):
 # ------------------------------------------------------------------------------------------------------------
 
 CT_RATE_FINDINGS = [
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-    "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion", "Mosaic attenuation pattern",
-    "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
 ]
 CT_RATE_METADATA_HEADER = (
     "VolumeName,Manufacturer,SeriesDescription,ManufacturerModelName,PatientSex,PatientAge,ReconstructionDiameter,"
@@ -284,31 +437,56 @@ def write_fake_ct_rate(root, volumes=None, fixed_volumes=()):
         write_blank_header_nifti(folder / f"{name}.nii.gz", stored_xyz)
         if name in fixed_volumes:
             fixed_folder = root / f"{split}_fixed" / f"{split}_{patient}" / f"{split}_{patient}_{scan}"
-            write_nifti_ras_order(fixed_folder / f"{name}.nii.gz", phantom.hu, phantom.spacing, (-160.0, -170.0, -300.0))
+            write_nifti_ras_order(
+                fixed_folder / f"{name}.nii.gz", phantom.hu, phantom.spacing, (-160.0, -170.0, -300.0)
+            )
         finding_labels = [int((number + index) % 5 == 0) for index in range(len(CT_RATE_FINDINGS))]
         finding_labels[CT_RATE_FINDINGS.index("Lung nodule")] = 1
         clinical = "Not given." if number % 2 else "Cough for two weeks."
-        report = [f"{name}.nii.gz", clinical, "Non-contrast chest CT.", phantom.report.split("IMPRESSION:")[0].replace("FINDINGS:", "").strip(), "Lung nodule."]
+        report = [
+            f"{name}.nii.gz",
+            clinical,
+            "Non-contrast chest CT.",
+            phantom.report.split("IMPRESSION:")[0].replace("FINDINGS:", "").strip(),
+            "Lung nodule.",
+        ]
         reports[split].append(report)
         labels[split].append([f"{name}.nii.gz", *finding_labels])
         zspacing = f"{phantom.spacing[0]}"
         row = {column: "" for column in CT_RATE_METADATA_HEADER}
         row.update(
             {
-                "VolumeName": f"{name}.nii.gz", "Manufacturer": "SIEMENS", "PatientSex": "M" if number % 2 else "F",
-                "PatientAge": f"{30 + number:03d}Y", "ImagePositionPatient": "[-166, 9, 56.2998657]",
-                "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]", "XYSpacing": f"[{phantom.spacing[2]}, {phantom.spacing[1]}]",
-                "RescaleIntercept": f"{intercept:g}", "RescaleSlope": f"{slope:g}", "RescaleType": "HU",
-                "NumberofSlices": str(phantom.hu.shape[0]), "ZSpacing": zspacing, "StudyDate": "20210427",
-                "Rows": "64", "Columns": "64",
+                "VolumeName": f"{name}.nii.gz",
+                "Manufacturer": "SIEMENS",
+                "PatientSex": "M" if number % 2 else "F",
+                "PatientAge": f"{30 + number:03d}Y",
+                "ImagePositionPatient": "[-166, 9, 56.2998657]",
+                "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+                "XYSpacing": f"[{phantom.spacing[2]}, {phantom.spacing[1]}]",
+                "RescaleIntercept": f"{intercept:g}",
+                "RescaleSlope": f"{slope:g}",
+                "RescaleType": "HU",
+                "NumberofSlices": str(phantom.hu.shape[0]),
+                "ZSpacing": zspacing,
+                "StudyDate": "20210427",
+                "Rows": "64",
+                "Columns": "64",
             }
         )
         metadata[split].append([row[column] for column in CT_RATE_METADATA_HEADER])
         expected[name] = {"hu": phantom.hu, "spacing": phantom.spacing, "labels": finding_labels, "report": report}
     write_csv(root / "radiology_text_reports" / "train_reports.csv", CT_RATE_REPORT_HEADER, reports["train"])
     write_csv(root / "radiology_text_reports" / "validation_reports.csv", CT_RATE_REPORT_HEADER, reports["valid"])
-    write_csv(root / "multi_abnormality_labels" / "train_predicted_labels.csv", ["VolumeName", *CT_RATE_FINDINGS], labels["train"])
-    write_csv(root / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *CT_RATE_FINDINGS], labels["valid"])
+    write_csv(
+        root / "multi_abnormality_labels" / "train_predicted_labels.csv",
+        ["VolumeName", *CT_RATE_FINDINGS],
+        labels["train"],
+    )
+    write_csv(
+        root / "multi_abnormality_labels" / "valid_predicted_labels.csv",
+        ["VolumeName", *CT_RATE_FINDINGS],
+        labels["valid"],
+    )
     write_csv(root / "metadata" / "train_metadata.csv", CT_RATE_METADATA_HEADER, metadata["train"])
     write_csv(root / "metadata" / "validation_metadata.csv", CT_RATE_METADATA_HEADER, metadata["valid"])
     return expected

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from fake_collections_nifti import CT_RATE_FINDINGS, write_corrupt_gzip, write_csv, write_fake_ct_rate
 
 from datasets_scripts import CtRate
 from datasets_scripts.common import DatasetLayoutError, DatasetValueError, non_empty_splits, read_csv_table
 from datasets_scripts.ct_rate import CtRateVolumeError, hounsfield_from_stored
-from fake_collections_nifti import CT_RATE_FINDINGS, write_corrupt_gzip, write_csv, write_fake_ct_rate
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,15 @@ def test_all_reconstructions_of_a_patient_share_the_patient_id(raw_dataset):
 
 def test_raw_values_are_rescaled_to_hu_with_metadata_spacing(fake_download):
     root, expected = fake_download
-    from datasets_scripts.ct_rate import read_ct_rate_volume
     from datasets_scripts.common import read_csv_table
+    from datasets_scripts.ct_rate import read_ct_rate_volume
 
-    metadata = {row["VolumeName"]: row for row in read_csv_table(root / "dataset/metadata/train_metadata.csv", ["VolumeName"])}
-    volume = read_ct_rate_volume(root / "dataset/train/train_1/train_1_a/train_1_a_1.nii.gz", metadata["train_1_a_1.nii.gz"])
+    metadata = {
+        row["VolumeName"]: row for row in read_csv_table(root / "dataset/metadata/train_metadata.csv", ["VolumeName"])
+    }
+    volume = read_ct_rate_volume(
+        root / "dataset/train/train_1/train_1_a/train_1_a_1.nii.gz", metadata["train_1_a_1.nii.gz"]
+    )
     np.testing.assert_array_equal(volume["hu"], expected["train_1_a_1"]["hu"])
     assert volume["spacing"] == pytest.approx(expected["train_1_a_1"]["spacing"])
     assert volume["stored_as_hounsfield"] is False
@@ -114,7 +118,9 @@ def test_missing_label_column_is_a_layout_error(fake_download, tmp_path):
     shutil.copytree(root, copy)
     table = copy / "dataset/multi_abnormality_labels/valid_predicted_labels.csv"
     table.write_text(table.read_text().replace("Lung nodule", "Nodule"))
-    with pytest.raises(DatasetLayoutError, match=r"valid_predicted_labels\.csv lacks the column\(s\) \['Lung nodule'\]"):
+    with pytest.raises(
+        DatasetLayoutError, match=r"valid_predicted_labels\.csv lacks the column\(s\) \['Lung nodule'\]"
+    ):
         CtRate(config_name="raw", data_dir=str(copy), cache_dir=str(tmp_path / "cache")).download_and_prepare()
 
 

@@ -11,7 +11,9 @@ from datasets_scripts.export import export_to_parquet, load_exported, main, push
 
 @pytest.fixture(scope="module")
 def raw_synthetic(tmp_path_factory):
-    builder = SyntheticLungCT(config_name="raw", num_samples=4, phantom_shape=(16, 40, 40), cache_dir=str(tmp_path_factory.mktemp("cache")))
+    builder = SyntheticLungCT(
+        config_name="raw", num_samples=4, phantom_shape=(16, 40, 40), cache_dir=str(tmp_path_factory.mktemp("cache"))
+    )
     builder.download_and_prepare()
     return builder.as_dataset()
 
@@ -46,7 +48,21 @@ def test_push_dry_run_reports_rows_and_features_without_uploading(raw_synthetic)
 
 
 def test_command_line_exports_a_preprocessed_cohort(tmp_path, capsys):
-    code = main(["synthetic", "preprocessed", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--num-samples", "3", "--image-size", "12", "16", "16"])
+    code = main(
+        [
+            "synthetic",
+            "preprocessed",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--num-samples",
+            "3",
+            "--image-size",
+            "12",
+            "16",
+            "16",
+        ]
+    )
     assert code == 0
     written = json.loads(capsys.readouterr().out)
     assert all(path.endswith(".parquet") for paths in written.values() for path in paths)

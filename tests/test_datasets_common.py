@@ -56,7 +56,9 @@ def test_patient_level_split_is_reproducible_and_depends_on_the_seed():
 
 def test_patient_level_split_keeps_official_splits():
     official = {"P000": "test", "P001": "validation", "P002": "train"}
-    assignment = patient_level_split(PATIENTS, seed=0, validation_fraction=0.5, test_fraction=0.4, official_splits=official)
+    assignment = patient_level_split(
+        PATIENTS, seed=0, validation_fraction=0.5, test_fraction=0.4, official_splits=official
+    )
     assert {patient: assignment[patient] for patient in official} == official
 
 
@@ -96,7 +98,9 @@ def test_read_csv_table_reports_a_missing_file(tmp_path):
 
 
 def test_missing_values_cover_blank_na_and_not_collected():
-    assert all(is_missing(value) for value in ["", " ", "NA", "nan", "Not Collected", "not collected", None, float("nan")])
+    assert all(
+        is_missing(value) for value in ["", " ", "NA", "nan", "Not Collected", "not collected", None, float("nan")]
+    )
     assert not any(is_missing(value) for value in ["0", "Unknown", "Wildtype"])
 
 
@@ -156,12 +160,16 @@ def test_world_to_voxel_with_identity_direction():
 
 def test_world_to_voxel_with_flipped_x_and_y():
     direction = ((-1, 0, 0), (0, -1, 0), (0, 0, 1))
-    z, y, x = world_to_voxel((-10.0, -20.0, 5.0), origin_xyz=(0.0, 0.0, 0.0), spacing_zyx=(1.0, 2.0, 2.0), direction=direction)
+    z, y, x = world_to_voxel(
+        (-10.0, -20.0, 5.0), origin_xyz=(0.0, 0.0, 0.0), spacing_zyx=(1.0, 2.0, 2.0), direction=direction
+    )
     assert (z, y, x) == pytest.approx((5.0, 10.0, 5.0))
 
 
 def test_structured_report_text_leaves_out_missing_fields():
-    text = structured_report_text({"sex": "male", "age": 67.0, "histology": "NA", "overall stage": None, "T stage": "T2"})
+    text = structured_report_text(
+        {"sex": "male", "age": 67.0, "histology": "NA", "overall stage": None, "T stage": "T2"}
+    )
     assert text == "Sex: male. Age: 67. T stage: T2."
 
 
@@ -175,7 +183,9 @@ def test_nifti_bytes_read_back_by_simpleitk_in_lps(tmp_path):
     import SimpleITK
 
     volume = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
-    path = write_bytes_atomically(tmp_path / "volume.nii.gz", nifti_bytes_from_lps_volume(volume, (3.0, 2.0, 1.5), (-10.0, 20.0, 30.0)))
+    path = write_bytes_atomically(
+        tmp_path / "volume.nii.gz", nifti_bytes_from_lps_volume(volume, (3.0, 2.0, 1.5), (-10.0, 20.0, 30.0))
+    )
     image = SimpleITK.DICOMOrient(SimpleITK.ReadImage(str(path)), "LPS")
     np.testing.assert_array_equal(SimpleITK.GetArrayFromImage(image), volume)
     assert image.GetSpacing() == pytest.approx((1.5, 2.0, 3.0))
@@ -217,7 +227,8 @@ def test_pixel_values_batch_reads_the_same_values_as_the_formatter():
 
     volumes = np.random.default_rng(0).random((5, 2, 3, 4)).astype(np.float16)
     dataset = datasets.Dataset.from_dict(
-        {"pixel_values": list(volumes)}, features=datasets.Features({"pixel_values": datasets.Array3D((2, 3, 4), "float16")})
+        {"pixel_values": list(volumes)},
+        features=datasets.Features({"pixel_values": datasets.Array3D((2, 3, 4), "float16")}),
     )
     batch = pixel_values_batch(dataset, slice(1, 4))
     assert batch.dtype == np.float16 and batch.shape == (3, 2, 3, 4)

@@ -5,10 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from fake_collections_nifti import write_fake_deeplesion
 
 from datasets_scripts import DeepLesion
 from datasets_scripts.common import DatasetLayoutError, DatasetValueError, non_empty_splits
-from fake_collections_nifti import write_fake_deeplesion
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 import logging
 import shutil
 
-import numpy as np
 import pytest
+from fake_collections_nifti import DLCSD24_HEADER, write_corrupt_gzip, write_csv, write_fake_dlcsd24
 
 from datasets_scripts import Dlcsd24
 from datasets_scripts.common import DatasetLayoutError, non_empty_splits
-from fake_collections_nifti import DLCSD24_HEADER, write_corrupt_gzip, write_csv, write_fake_dlcsd24
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,9 @@ def test_world_coordinates_become_the_right_voxels(raw_dataset, fake_download):
 def test_malignancy_labels_are_read_per_nodule_and_per_volume(raw_dataset, fake_download):
     _, expected = fake_download
     for patient_id, (_, row) in all_rows(raw_dataset).items():
-        assert [nodule["malignancy"] for nodule in row["nodules"]] == [truth["malignancy"] for truth in expected[patient_id]]
+        assert [nodule["malignancy"] for nodule in row["nodules"]] == [
+            truth["malignancy"] for truth in expected[patient_id]
+        ]
         assert row["malignancy"] == max(truth["malignancy"] for truth in expected[patient_id])
 
 
@@ -142,7 +143,13 @@ def test_identical_volumes_under_two_patients_are_reported(fake_download, tmp_pa
     table = copy / "DLCSD24_Annotations.csv"
     first_row = table.read_text().splitlines()[1]
     table.write_text(table.read_text() + first_row.replace("DLCS_0001", "DLCS_0006") + "\n")
-    builder = Dlcsd24(config_name="raw", data_dir=str(copy), cache_dir=str(tmp_path / "cache"), test_fraction=0.0, validation_fraction=0.0)
+    builder = Dlcsd24(
+        config_name="raw",
+        data_dir=str(copy),
+        cache_dir=str(tmp_path / "cache"),
+        test_fraction=0.0,
+        validation_fraction=0.0,
+    )
     with caplog.at_level(logging.WARNING):
         builder.download_and_prepare()
     assert "duplicates" in caplog.text and "DLCS_0006" in caplog.text and "DLCS_0001" in caplog.text

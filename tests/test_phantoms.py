@@ -114,13 +114,17 @@ def test_labels_use_the_published_vocabularies(small_cohort):
 
 @pytest.mark.parametrize("location", ["juxtapleural", "mediastinal", "central", "peripheral"])
 def test_primary_location_can_be_fixed(location):
-    phantom = generate_chest_phantom(3, shape=(48, 128, 128), primary_lesion={"location": location, "diameter_mm": 20, "lobe": "RLL"})
+    phantom = generate_chest_phantom(
+        3, shape=(48, 128, 128), primary_lesion={"location": location, "diameter_mm": 20, "lobe": "RLL"}
+    )
     assert phantom.findings[0]["location"] == location
     assert phantom.findings[0]["lobe"] == "RLL"
 
 
 def test_juxtapleural_tumour_touches_the_chest_wall():
-    phantom = generate_chest_phantom(4, shape=(48, 128, 128), primary_lesion={"location": "juxtapleural", "diameter_mm": 24})
+    phantom = generate_chest_phantom(
+        4, shape=(48, 128, 128), primary_lesion={"location": "juxtapleural", "diameter_mm": 24}
+    )
     from scipy import ndimage
 
     lesion = phantom.lesion_mask
@@ -130,7 +134,12 @@ def test_juxtapleural_tumour_touches_the_chest_wall():
 
 
 def test_ground_glass_tumour_stays_below_soft_tissue_density():
-    phantom = generate_chest_phantom(6, shape=(48, 128, 128), noise_std=0, primary_lesion={"density": "ground-glass", "margin": "smooth", "diameter_mm": 20})
+    phantom = generate_chest_phantom(
+        6,
+        shape=(48, 128, 128),
+        noise_std=0,
+        primary_lesion={"density": "ground-glass", "margin": "smooth", "diameter_mm": 20},
+    )
     lesion_hu = phantom.hu[phantom.lesion_mask]
     assert -700 < np.median(lesion_hu) < -300
 
@@ -157,8 +166,16 @@ def test_lung_segmentation_finds_the_phantom_lungs():
 
 
 def test_histology_depends_on_location_and_density(small_cohort):
-    outer_ground_glass = [p for p in small_cohort if p.findings[0]["density"] != "solid" and p.findings[0]["location"] in ("peripheral", "juxtapleural")]
-    central_solid = [p for p in small_cohort if p.findings[0]["density"] == "solid" and p.findings[0]["location"] in ("central", "mediastinal")]
+    outer_ground_glass = [
+        p
+        for p in small_cohort
+        if p.findings[0]["density"] != "solid" and p.findings[0]["location"] in ("peripheral", "juxtapleural")
+    ]
+    central_solid = [
+        p
+        for p in small_cohort
+        if p.findings[0]["density"] == "solid" and p.findings[0]["location"] in ("central", "mediastinal")
+    ]
     adeno_share = lambda group: np.mean([p.labels["histology"] == "adenocarcinoma" for p in group])  # noqa: E731
     assert len(outer_ground_glass) > 10 and len(central_solid) > 10
     assert adeno_share(outer_ground_glass) > adeno_share(central_solid) + 0.3
@@ -179,7 +196,8 @@ def test_stage_follows_visible_spread(small_cohort):
         if phantom.labels["m_stage"] != "M0":
             assert phantom.labels["stage"] == "IV"
             assert kinds & {"pleural effusion", "bone lesion"} or any(
-                finding.get("role") == "further nodule" and finding["side"] != phantom.findings[0]["side"] for finding in phantom.findings
+                finding.get("role") == "further nodule" and finding["side"] != phantom.findings[0]["side"]
+                for finding in phantom.findings
             )
 
 

@@ -4,11 +4,11 @@ import logging
 import shutil
 
 import pytest
+from fake_collections_nifti import UCSF_HEADER, write_csv, write_fake_ucsf_pdgm
 
 from datasets_scripts import UcsfPdgm
 from datasets_scripts.common import DatasetLayoutError, DatasetValueError, non_empty_splits
 from datasets_scripts.ucsf_pdgm import normalise_subject_id
-from fake_collections_nifti import UCSF_HEADER, write_csv, write_fake_ucsf_pdgm
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,13 @@ def fake_download(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw_dataset(fake_download, tmp_path_factory):
     root, _ = fake_download
-    builder = UcsfPdgm(config_name="raw", data_dir=str(root), cache_dir=str(tmp_path_factory.mktemp("cache")), test_fraction=0.34, validation_fraction=0.0)
+    builder = UcsfPdgm(
+        config_name="raw",
+        data_dir=str(root),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        test_fraction=0.34,
+        validation_fraction=0.0,
+    )
     builder.download_and_prepare()
     return non_empty_splits(builder)
 
@@ -35,7 +41,13 @@ def test_three_digit_csv_ids_match_four_digit_folders():
 
 
 def test_every_session_becomes_an_example(raw_dataset):
-    assert sorted(rows_by_subject(raw_dataset)) == ["UCSF-PDGM-0004", "UCSF-PDGM-0005", "UCSF-PDGM-0012", "UCSF-PDGM-0120", "UCSF-PDGM-0120_FU"]
+    assert sorted(rows_by_subject(raw_dataset)) == [
+        "UCSF-PDGM-0004",
+        "UCSF-PDGM-0005",
+        "UCSF-PDGM-0012",
+        "UCSF-PDGM-0120",
+        "UCSF-PDGM-0120_FU",
+    ]
 
 
 def test_follow_up_stays_in_the_split_of_its_patient(raw_dataset):
@@ -100,9 +112,29 @@ def test_missing_sequence_skips_the_session(fake_download, tmp_path, caplog):
 
 
 def test_unrecognised_idh_value_is_an_error_not_a_guess(tmp_path):
-    write_fake_ucsf_pdgm(tmp_path, rows=[{"ID": "UCSF-PDGM-007", "Sex": "M", "Age at MRI": "50", "WHO CNS Grade": "4", "MGMT status": "negative", "IDH": "maybe", "1-dead 0-alive": "1", "OS": "10"}])
+    write_fake_ucsf_pdgm(
+        tmp_path,
+        rows=[
+            {
+                "ID": "UCSF-PDGM-007",
+                "Sex": "M",
+                "Age at MRI": "50",
+                "WHO CNS Grade": "4",
+                "MGMT status": "negative",
+                "IDH": "maybe",
+                "1-dead 0-alive": "1",
+                "OS": "10",
+            }
+        ],
+    )
     with pytest.raises(DatasetValueError, match="IDH value 'maybe'"):
-        UcsfPdgm(config_name="raw", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), test_fraction=0.0, validation_fraction=0.0).download_and_prepare()
+        UcsfPdgm(
+            config_name="raw",
+            data_dir=str(tmp_path),
+            cache_dir=str(tmp_path / "cache"),
+            test_fraction=0.0,
+            validation_fraction=0.0,
+        ).download_and_prepare()
 
 
 def test_missing_metadata_column_names_it(fake_download, tmp_path):
