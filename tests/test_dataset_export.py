@@ -68,3 +68,23 @@ def test_command_line_exports_a_preprocessed_cohort(tmp_path, capsys):
     assert all(path.endswith(".parquet") for paths in written.values() for path in paths)
     loaded = load_exported(tmp_path / "out", config_name="preprocessed")
     assert loaded["train"].features["pixel_values"].dtype == "float16"
+
+
+def test_path_backed_nifti_is_embedded_so_the_export_survives_deleting_the_download(tmp_path):
+    import shutil
+
+    from fake_collections_nifti import write_fake_dlcsd24
+
+    from datasets_scripts import Dlcsd24
+
+    download = tmp_path / "download"
+    write_fake_dlcsd24(download, patient_count=2, splits=("train",))
+    builder = Dlcsd24(config_name="raw", data_dir=str(download), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    built = builder.as_dataset()
+    expected = np.asarray(built["train"][0]["image"].dataobj).copy()
+    export_to_parquet(built, tmp_path / "export", config_name="raw")
+    shutil.rmtree(download)
+    loaded = load_exported(tmp_path / "export", config_name="raw")
+    np.testing.assert_array_equal(np.asarray(loaded["train"][0]["image"].dataobj), expected)
+    assert loaded["train"].features["nodules"] == built["train"].features["nodules"]
