@@ -64,6 +64,7 @@ def test_fixed_copy_with_geometry_is_read_in_lps_and_not_rescaled_twice(raw_data
     assert row["stored_as_hounsfield"] is True
     assert "train_fixed" in row["image"].get_filename()
     assert row["spacing"] == pytest.approx(expected["train_2_a_1"]["spacing"], rel=1e-5)
+    assert row["origin"] == pytest.approx([-160.0, -170.0, -300.0], abs=1e-3)
 
 
 def test_eighteen_findings_are_class_labels(raw_dataset, fake_download):
@@ -139,3 +140,15 @@ def test_label_that_is_not_0_or_1_stops_the_build(fake_download, tmp_path):
     write_csv(table, list(rows[0]), [list(row.values()) for row in rows])
     with pytest.raises(DatasetValueError, match="column .Lung nodule.: .0.7. is not a whole number"):
         CtRate(config_name="raw", data_dir=str(copy), cache_dir=str(tmp_path / "cache")).download_and_prepare()
+
+
+def test_fixed_copy_voxels_equal_the_original_hu(fake_download):
+    root, expected = fake_download
+    from datasets_scripts.ct_rate import read_ct_rate_volume
+
+    metadata = {
+        row["VolumeName"]: row for row in read_csv_table(root / "dataset/metadata/train_metadata.csv", ["VolumeName"])
+    }
+    path = root / "dataset/train_fixed/train_2/train_2_a/train_2_a_1.nii.gz"
+    volume = read_ct_rate_volume(path, metadata["train_2_a_1.nii.gz"])
+    np.testing.assert_array_equal(volume["hu"], expected["train_2_a_1"]["hu"])
