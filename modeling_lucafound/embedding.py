@@ -300,11 +300,12 @@ def _existing_tables(output):
 def _check_compatible(tables, metadata, output):
     for table in tables:
         existing = table_metadata(table)
-        for key in ("model", "feature_size"):
+        for key in ("encoder_fingerprint", "feature_size"):
             if existing.get(key) != metadata.get(key):
                 raise FeatureTableMismatchError(
-                    f"{str(output)!r} already holds features from {key} {existing.get(key)!r}, not "
-                    f"{metadata.get(key)!r}. Write to a new --output, or pass --overwrite to start it again."
+                    f"{str(output)!r} already holds features of another encoder (model {existing.get('model')!r}, "
+                    f"{key} {existing.get(key)!r}; now {metadata.get('model')!r}, {metadata.get(key)!r}). Write to a "
+                    "new --output, or pass --overwrite to start it again."
                 )
 
 
@@ -472,6 +473,17 @@ def distributed_state():
     return 0, 1, None
 
 
+def encoder_fingerprint(encoder):
+    """SHA-256 of the encoder's float32 weights: the identity of the features, whatever path the model came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode("utf-8"))
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def shard_of(scan_id, num_processes):
     """Which process embeds `scan_id`: a stable hash of the id, so shares do not depend on what is already done."""
     return zlib.crc32(scan_id.encode("utf-8")) % num_processes
@@ -521,15 +533,17 @@ def embed_ct_scans(
         image_processor = load_image_processor(model, revision=revision)
     elif isinstance(image_processor, (str, os.PathLike)):
         image_processor = load_image_processor(image_processor, revision=revision)
-    encoder = load_ct_encoder(model, device, torch_dtype, revision) if isinstance(model, (str, os.PathLike)) else model
+    encoder = load_ct_encoder(model, "cpu", None, revision) if isinstance(model, (str, os.PathLike)) else model
     if hasattr(encoder, "vision_model"):
         encoder = encoder.vision_model
+    fingerprint = encoder_fingerprint(encoder)
     encoder = encoder.to(device=device, dtype=torch_dtype).eval()
     feature_size = int(encoder.config.hidden_size)
     metadata = {
         "format_version": OUTPUT_FORMAT_VERSION,
         "model": model_name,
         "feature_size": feature_size,
+        "encoder_fingerprint": fingerprint,
         "feature": "pooler_output of the LuCaFound CT encoder (global average of the last Swin stage)",
         "image_processor": image_processor.to_dict() if hasattr(image_processor, "to_dict") else {},
     }
