@@ -102,3 +102,11 @@ def test_missing_images_folder_is_a_layout_error(tmp_path):
     (tmp_path / "DL_info.csv").write_text("File_name\n")
     with pytest.raises(DatasetLayoutError, match="Images_png"):
         DeepLesion(config_name="raw", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache")).download_and_prepare()
+
+
+def test_clinical_text_option_describes_sex_age_and_lesion_types(fake_download, tmp_path):
+    root, _ = fake_download
+    builder = DeepLesion(config_name="raw", data_dir=str(root), cache_dir=str(tmp_path / "cache"), clinical_text=True)
+    builder.download_and_prepare()
+    _, row = rows_by_file(non_empty_splits(builder))["000002_01_01_009.png"]
+    assert row["text"] == "Sex: male. Age: 52. Lesion types: lung."
