@@ -255,3 +255,13 @@ def test_two_processes_under_torchrun_share_the_scans_and_write_one_table(scan_f
     assert shares == expected_shares
     table, _ = read_feature_table(output)
     assert sorted(table["id"]) == ids and (table["status"] == "ok").all()
+
+
+def test_the_same_model_under_another_path_resumes_the_same_table(scan_folder, model_folder, tmp_path):
+    import shutil
+
+    output = tmp_path / "features.parquet"
+    embed([scan_folder / "a.nii.gz"], model_folder, output)
+    copy = shutil.copytree(model_folder, tmp_path / "copy-of-the-model")
+    summary = embed([scan_folder / "a.nii.gz"], copy, output)
+    assert (summary.skipped, summary.embedded) == (1, 0)
