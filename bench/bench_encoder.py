@@ -8,6 +8,7 @@ measured in the same run. Prints a JSON object and a table.
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -68,6 +69,7 @@ def main(argv=None):
     model = LuCaFoundVisionModel(LuCaFoundVisionConfig()).eval().to(device)
     pixel_values = torch.rand(1, 1, *args.size, device=device)
     flops = count_flops(model, pixel_values)
+    print(f"{flops / 1e12:.3f} TFLOP per forward", file=sys.stderr, flush=True)
     results = {
         "machine": platform.node(),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
@@ -108,6 +110,7 @@ def main(argv=None):
 
     for name, forward in candidates.items():
         best, times = time_forward(forward, device, args.repeats)
+        print(f"{name}: best {best:.2f} s over {len(times)} run(s)", file=sys.stderr, flush=True)
         output = forward().float()
         peak = results["matmul_peak_gflops"]["bf16" if "bf16" in name else "fp32"]
         results["runs"][name] = {
