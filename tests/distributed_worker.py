@@ -62,7 +62,7 @@ def run_case(accelerator, loss_type, accumulation_steps):
         {name: value[index * micro:(index + 1) * micro].to(accelerator.device) for name, value in local.items()}
         for index in range(accumulation_steps)
     ]
-    loss = contrastive_training_step(accelerator, module, micro_batches, loss_type)
+    loss, _, _ = contrastive_training_step(accelerator, module, micro_batches, loss_type)
     gradients = {
         name: parameter.grad.detach().clone().cpu()
         for name, parameter in accelerator.unwrap_model(module).model.named_parameters()

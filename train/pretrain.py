@@ -191,7 +191,10 @@ def _gradient_sync(accelerator, module, synchronise):
 
 
 def contrastive_training_step(accelerator, module, micro_batches, loss_type):
-    """Forward and backward of one optimizer step over `micro_batches`; returns the global-batch loss (detached).
+    """Forward and backward of one optimizer step over `micro_batches`.
+
+    Returns (global-batch loss, logit scale, logit bias), detached; the scale and bias are the values the
+    forward used, readable even where the parameters themselves are sharded (FSDP).
 
     With one micro-batch this is the plain global-batch loss. With several, embeddings of every micro-batch are
     computed first without gradients; then each micro-batch is recomputed with gradients and its loss taken
@@ -205,7 +208,7 @@ def contrastive_training_step(accelerator, module, micro_batches, loss_type):
             image_embeds, text_embeds, logit_scale, logit_bias = module(**micro_batches[0])
             loss = contrastive_loss(image_embeds, text_embeds, logit_scale, logit_bias, loss_type, gather)
             accelerator.backward(loss)
-        return _global_mean(accelerator, loss.detach())
+        return _global_mean(accelerator, loss.detach()), logit_scale.detach(), logit_bias.detach()
     with torch.no_grad():
         cached = [module(**micro_batch)[:2] for micro_batch in micro_batches]
     cached_images = [image.float() for image, _ in cached]
@@ -220,7 +223,7 @@ def contrastive_training_step(accelerator, module, micro_batches, loss_type):
             all_texts = torch.cat(cached_texts[:index] + [text_embeds.float()] + cached_texts[index + 1:])
             loss = contrastive_loss(all_images, all_texts, logit_scale, logit_bias, loss_type, gather)
             accelerator.backward(loss)
-    return _global_mean(accelerator, loss.detach())
+    return _global_mean(accelerator, loss.detach()), logit_scale.detach(), logit_bias.detach()
 
 
 def _global_mean(accelerator, value):
@@ -692,8 +695,9 @@ def main(argv=None):
     window_samples = 0
     while step < options.max_steps:
         epoch, micro_batches = next(batches)
-        loss = contrastive_training_step(accelerator, module, [_model_inputs(b) for b in micro_batches],
-                                         options.contrastive_loss)
+        loss, logit_scale, logit_bias = contrastive_training_step(
+            accelerator, module, [_model_inputs(b) for b in micro_batches], options.contrastive_loss
+        )
         if options.max_grad_norm and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(module.parameters(), options.max_grad_norm)
         optimizer.step()
@@ -712,13 +716,13 @@ def main(argv=None):
                 "epoch": epoch,
                 "loss": float(loss),
                 "lr": scheduler.get_last_lr()[0],
-                "logit_scale": float(unwrapped.logit_scale.detach().float()),
-                "temperature_scale": float(unwrapped.logit_scale.detach().float().exp()),
+                "logit_scale": float(logit_scale.float()),
+                "temperature_scale": float(logit_scale.float().exp()),
                 "samples_per_second": window_samples / elapsed,
                 "global_batch_size": global_batch,
             }
             if options.contrastive_loss == "siglip":
-                last_entry["logit_bias"] = float(unwrapped.logit_bias.detach().float())
+                last_entry["logit_bias"] = float(logit_bias.float())
             metrics_log.write(last_entry)
             accelerator.log({f"train/{key}": value for key, value in last_entry.items() if key != "step"}, step=step)
             progress.set_postfix(loss=f"{last_entry['loss']:.4f}")
