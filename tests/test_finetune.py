@@ -118,9 +118,7 @@ def test_linear_probe_caches_features_and_saves_the_probe(tiny_base, dataset_cac
     result = run_finetune(tiny_base, dataset_cache, tmp_path, "--task", "egfr", "--method", "linear-probe")
     probe = json.loads(open(result["probe_path"]).read())
     assert probe["kind"] == "logistic" and len(probe["feature_mean"]) == tiny_config().vision_config.hidden_size
-    assert sorted(path.name for path in (tmp_path / "features").iterdir()) == [
-        f"{tmp_path.name}_evaluate.npz", f"{tmp_path.name}_train.npz"
-    ]
+    assert sorted(path.name for path in (tmp_path / "features").iterdir()) == ["evaluate.npz", "train.npz"]
     assert result["adapter_dir"] is None
 
 

@@ -363,6 +363,13 @@ def apply_lora(model, task, args):
         ) from error
 
 
+def main_process_state():
+    """Accelerate's view of the processes (one process when not launched distributed); files are written by rank 0."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
 def make_trainer_class():
     from transformers import Trainer
 
@@ -440,7 +447,10 @@ def run_trainer(task, args, train_dataset, eval_dataset, predict_dataset, run_di
     if args.method == "lora":
         # The adapter applies to exactly this encoder + initial head: save it so the adapter reloads from a folder.
         base_model_dir = run_dir / "base_model"
-        model.save_pretrained(base_model_dir)
+        state = main_process_state()
+        if state.is_main_process:
+            model.save_pretrained(base_model_dir)
+        state.wait_for_everyone()
         model.config._name_or_path = str(base_model_dir.resolve())
         model.name_or_path = str(base_model_dir.resolve())
         model = apply_lora(model, task, args)
@@ -521,12 +531,13 @@ def run_linear_probe(task, args, train_dataset, predict_dataset, run_dir, encode
 
     collator = TaskCollator(task)
     feature_dir = Path(args.output_dir) / "features"
+    prefix = "" if run_dir.resolve() == Path(args.output_dir).resolve() else f"{run_dir.name}_"
     started = time.time()
     train_features = cached_features(
-        encoder, train_dataset.with_format("numpy"), collator, feature_dir / f"{run_dir.name}_train.npz", args.eval_batch_size
+        encoder, train_dataset.with_format("numpy"), collator, feature_dir / f"{prefix}train.npz", args.eval_batch_size
     )
     predict_features = cached_features(
-        encoder, predict_dataset.with_format("numpy"), collator, feature_dir / f"{run_dir.name}_evaluate.npz", args.eval_batch_size
+        encoder, predict_dataset.with_format("numpy"), collator, feature_dir / f"{prefix}evaluate.npz", args.eval_batch_size
     )
     groups = train_dataset[args.patient_column] if args.patient_column in train_dataset.column_names else np.arange(len(train_dataset))
     if task.kind == "survival":
@@ -677,7 +688,7 @@ def save_trained_model(result, args, run_dir):
     """Save the adapter (lora) or the model (full); optionally the merged model. Returns the saved folders."""
     saved = {}
     model = result.get("model")
-    if model is None:
+    if model is None or not main_process_state().is_main_process:
         return saved
     if args.method == "lora":
         adapter_dir = run_dir / "adapter"
@@ -803,6 +814,8 @@ def main(argv=None):
         }
 
     metrics, rows, arrays = evaluate_predictions(task, evaluation_dataset, predictions, args)
+    if not main_process_state().is_main_process:
+        return {"output_dir": str(output_dir), "eval_results": metrics}
     summary.update(
         {
             "evaluated_on": evaluation_name,
