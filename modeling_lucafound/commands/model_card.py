@@ -148,6 +148,11 @@ def card_fields(folder, model_name=None, model_path=None, example_ct="chest_ct.n
 def render_model_card(folder, template_path=TEMPLATE_PATH, **field_overrides):
     """The model card text for `folder`: the template with every placeholder filled (an unknown one is an error)."""
     fields = card_fields(folder, **field_overrides)
+    if not Path(template_path).is_file():
+        raise FileNotFoundError(
+            f"model card template {str(template_path)!r} not found: run from a LuCaFound checkout (pip install -e .) "
+            "or pass template_path."
+        )
     template = Path(template_path).read_text(encoding="utf-8")
     missing = sorted(set(PLACEHOLDER.findall(template)) - set(fields))
     if missing:
