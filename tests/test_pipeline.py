@@ -64,3 +64,27 @@ def test_registering_needs_a_saved_image_processor(tmp_path):
     LuCaFoundModel(tiny_config()).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="image processor"):
         add_feature_extraction_pipeline(tmp_path)
+
+
+def test_pipeline_works_where_the_lucafound_package_cannot_be_imported(pipeline_folder, ct_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        class RefuseLuCaFound:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("modeling_lucafound", "datasets_scripts", "train"):
+                    raise ImportError("package not installed on this machine: " + name)
+        sys.meta_path.insert(0, RefuseLuCaFound())
+        from transformers import pipeline
+        extractor = pipeline("image-feature-extraction", model={str(pipeline_folder)!r}, trust_remote_code=True)
+        print(len(extractor({str(ct_path)!r})))
+    """)
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                              env=environment, cwd=str(ct_path.parent))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().splitlines()[-1] == "32"
