@@ -3,8 +3,19 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
+
+
+class BuildWithModelCard(build_py):
+    """Ship the top-level model_card.md template inside the package, for non-editable installs."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "modeling_lucafound" / "model_card.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text((ROOT / "model_card.md").read_text(encoding="utf-8"), encoding="utf-8")
 
 CORE = [
     # torch: on CPU machines install with `-c constraints-cpu.txt` (torch==2.13.0, the CPU build on disk).
@@ -51,6 +62,7 @@ setup(
         "lungmask": ["lungmask"],
         "all": DEV,
     },
+    cmdclass={"build_py": BuildWithModelCard},
     entry_points={"console_scripts": ["lucafound=modeling_lucafound.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

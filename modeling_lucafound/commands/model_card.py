@@ -12,7 +12,9 @@ import re
 import tempfile
 from pathlib import Path
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
+# In a checkout (editable install) the template is the repository's model_card.md; a wheel ships a copy in the package.
+_PACKAGED_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+TEMPLATE_PATH = _PACKAGED_TEMPLATE if _PACKAGED_TEMPLATE.is_file() else Path(__file__).resolve().parents[2] / "model_card.md"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
