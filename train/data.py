@@ -52,7 +52,8 @@ def load_dataset_splits(name, data_dir=None, num_samples=None, image_size=None, 
         raise DatasetOptionError(
             f"dataset {name!r} has no config {config_name!r}; choose one of {config_names}"
         )
-    options = dict(config_overrides)
+    # Lists (from YAML or JSON) become tuples, so equal options share one datasets cache entry.
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in config_overrides.items()}
     options["seed"] = int(seed)
     if image_size is not None:
         options["image_size"] = tuple(int(size) for size in image_size)
