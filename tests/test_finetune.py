@@ -169,3 +169,13 @@ def test_help_lists_the_documented_options(capsys):
     for option in ("--task", "--dataset", "--data-dir", "--num-samples", "--base", "--method", "--lora-r",
                    "--lora-alpha", "--target-modules", "--epochs", "--output-dir", "--k-folds"):
         assert option in text
+
+
+def test_full_fine_tuning_trains_every_parameter_and_saves_a_loadable_model(tiny_base, dataset_cache, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    result = run_finetune(tiny_base, dataset_cache, tmp_path, "--task", "egfr", "--method", "full", "--epochs", "1",
+                          "--no-report")
+    assert result["trainable_fraction"] == 1.0 and result["adapter_dir"] is None
+    model = AutoModelForImageClassification.from_pretrained(result["model_dir"], trust_remote_code=True)
+    assert model.config.id2label == {0: "wildtype", 1: "mutant"}
