@@ -7,8 +7,6 @@ import functools
 import hashlib
 import logging
 import math
-import os
-import tempfile
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from modeling_lucafound.atomic_files import write_bytes_atomically  # noqa: F401  (re-exported for the builders)
 from modeling_lucafound.errors import LuCaFoundInputError
 
 
@@ -366,22 +365,6 @@ def structured_report_text(fields):
         label = name.replace("_", " ").strip()
         sentences.append(f"{label[:1].upper()}{label[1:]}: {value}.")
     return " ".join(sentences)
-
-
-def write_bytes_atomically(path, data):
-    """Write `data` to `path` through a temporary file in the same folder, then `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 def require_data_dir(config, dataset_name):

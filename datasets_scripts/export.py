@@ -7,13 +7,13 @@ Command line: `python -m datasets_scripts.export synthetic preprocessed OUTPUT_D
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import datasets
 from datasets.table import embed_table_storage
+
+from modeling_lucafound.atomic_files import atomic_output, write_text_atomically
 
 
 def _embedded(dataset):
@@ -37,14 +37,8 @@ def export_to_parquet(dataset_dict, output_dir, config_name="default", rows_per_
         for index in range(shard_count):
             shard = dataset.shard(num_shards=shard_count, index=index, contiguous=True)
             path = folder / f"{split}-{index:05d}-of-{shard_count:05d}.parquet"
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(handle)
-            try:
-                shard.to_parquet(temporary)
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
+            with atomic_output(path) as temporary:
+                shard.to_parquet(str(temporary))
             paths.append(path)
         written[split] = paths
     _write_card(output_dir, config_name, written)
@@ -83,9 +77,7 @@ def _write_card(output_dir, config_name, written):
         'Exported by `datasets_scripts.export` (LuCaFound). Load with `load_dataset("parquet", ...)` or from the Hub.',
         "",
     ]
-    temporary = card.with_name(f".{card.name}.tmp")
-    temporary.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(temporary, card)
+    write_text_atomically(card, "\n".join(lines))
 
 
 def push_dataset_to_hub(

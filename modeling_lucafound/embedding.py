@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_files import atomic_output
 from .errors import LuCaFoundInputError
 
 
@@ -257,17 +257,8 @@ def write_parquet_atomically(table, path):
     """Write `table` to `path` through a temporary file in the same folder, so a crash never leaves half a file."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_output(path) as temporary:
+        pq.write_table(table, str(temporary))
 
 
 def parts_folder_for(output):

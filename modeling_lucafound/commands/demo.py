@@ -7,12 +7,13 @@ offline, embed a CT file (`lucafound embed`'s library), run a zero-shot query. P
 `demo_summary.json` and `demo_summary.md` into `--output-dir`.
 """
 
-import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from ..atomic_files import atomic_output, write_json_atomically, write_text_atomically
 
 ZERO_SHOT_LABELS = ("spiculated mass", "pleural effusion", "enlarged lymph node")
 
@@ -33,24 +34,11 @@ def register(subparsers):
 
 
 def _write_json(path, data):
-    import tempfile
-
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2, default=str)
-        stream.write("\n")
-    os.replace(temporary, path)
+    write_json_atomically(path, data, default=str)
 
 
 def _write_text(path, text):
-    import tempfile
-
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
+    write_text_atomically(path, text)
 
 
 def _metric_values(metrics):
@@ -205,9 +193,8 @@ def _write_nifti(path, phantom):
     image = sitk.GetImageFromArray(phantom.hu)
     image.SetSpacing(tuple(float(value) for value in phantom.spacing[::-1]))
     image.SetOrigin(tuple(float(value) for value in phantom.origin))
-    temporary = path.parent / f".{path.name}.tmp.nii.gz"
-    sitk.WriteImage(image, str(temporary))
-    os.replace(temporary, path)
+    with atomic_output(path, suffix=".nii.gz") as temporary:
+        sitk.WriteImage(image, str(temporary))
 
 
 def summary_table(steps, total_seconds):

@@ -7,10 +7,10 @@ metrics) and `card_data.json` (datasets, training data and procedure text), each
 """
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from ..atomic_files import write_text_atomically
 
 # In a checkout (editable install) the template is the repository's model_card.md; a wheel ships a copy in the package.
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
@@ -166,11 +166,7 @@ def write_model_card(folder, **field_overrides):
     """Write README.md into `folder` atomically; returns its path."""
     folder = Path(folder)
     text = render_model_card(folder, **field_overrides)
-    handle, temporary = tempfile.mkstemp(prefix=".README.", suffix=".md.tmp", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, folder / "README.md")
-    return folder / "README.md"
+    return write_text_atomically(folder / "README.md", text)
 
 
 def register(subparsers):

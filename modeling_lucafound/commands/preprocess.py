@@ -10,6 +10,8 @@ the exit code is 1 if any input failed.
 import argparse
 import sys
 
+from ..atomic_files import atomic_output, write_json_atomically
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -55,18 +57,10 @@ def output_id(path):
 
 def write_image_atomically(image, path):
     """Write a SimpleITK image next to `path` under a temporary name, then rename it into place."""
-    import os
-
     import SimpleITK as sitk
 
-    directory, name = os.path.split(str(path))
-    temporary = os.path.join(directory, f".{name[: -len('.nii.gz')]}.tmp-{os.getpid()}.nii.gz")
-    try:
-        sitk.WriteImage(image, temporary, useCompression=True)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path, suffix=".nii.gz") as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
 
 
 def _resized_grid_geometry(volume, box, output_size):
@@ -111,8 +105,6 @@ def preprocess_one(processor, source, output_dir, identifier, series_uid=None, n
 
 
 def run(args):
-    import json
-    import os
     import time
     from pathlib import Path
 
@@ -172,9 +164,7 @@ def run(args):
         )
 
     summary_path = output_dir / "preprocess_summary.json"
-    temporary = output_dir / f".preprocess_summary.json.tmp-{os.getpid()}"
-    temporary.write_text(json.dumps({"processor": processor.to_dict(), "scans": rows}, indent=2) + "\n")
-    os.replace(temporary, summary_path)
+    write_json_atomically(summary_path, {"processor": processor.to_dict(), "scans": rows})
 
     print(_summary_table(rows))
     failed = sum(row["status"] != "ok" for row in rows)
