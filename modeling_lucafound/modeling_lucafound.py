@@ -148,19 +148,24 @@ class LuCaFoundPatchEmbedding(nn.Module):
                 f"pixel_values must have shape (batch, channels, depth, height, width), got {tuple(pixel_values.shape)}. "
                 "Use LuCaFoundImageProcessor to turn a CT into pixel_values."
             )
-        channels = pixel_values.shape[1]
-        weight = self.proj.weight
-        if channels == 1 and weight.shape[1] != 1:
-            # A grey volume fed as identical channels equals one channel through the channel-summed kernel.
-            weight = weight.sum(dim=1, keepdim=True)
-        elif channels != weight.shape[1]:
+        channels, kernel_channels = pixel_values.shape[1], self.proj.weight.shape[1]
+        if channels not in (1, kernel_channels):
             raise PixelValuesShapeError(
-                f"pixel_values has {channels} channels; this encoder takes 1 (grey CT) or {weight.shape[1]}."
+                f"pixel_values has {channels} channels; this encoder takes 1 (grey CT) or {kernel_channels}."
             )
         pad = [(patch - size % patch) % patch for size, patch in zip(pixel_values.shape[2:], self.patch_size)]
         if any(pad):
             pixel_values = F.pad(pixel_values, (0, pad[2], 0, pad[1], 0, pad[0]))
-        embeddings = F.conv3d(pixel_values.to(weight.dtype), weight, self.proj.bias, stride=self.patch_size)
+        pixel_values = pixel_values.to(self.proj.weight.dtype)
+        if channels == kernel_channels:
+            embeddings = self.proj(pixel_values)
+        elif type(self.proj) is nn.Conv3d:
+            # A grey volume fed as identical channels equals one channel through the channel-summed kernel (3x cheaper).
+            folded = self.proj.weight.sum(dim=1, keepdim=True)
+            embeddings = F.conv3d(pixel_values, folded, self.proj.bias, stride=self.patch_size)
+        else:
+            # A wrapped projection (e.g. a PEFT LoRA layer) must run its own forward: feed the identical channels.
+            embeddings = self.proj(pixel_values.expand(-1, kernel_channels, -1, -1, -1))
         return self.norm(embeddings.permute(0, 2, 3, 4, 1))
 
 

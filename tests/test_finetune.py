@@ -151,11 +151,6 @@ def test_base_that_is_not_a_model_folder_is_a_clear_error(tmp_path):
         finetune.main(["--base", str(tmp_path), "--output-dir", str(tmp_path / "out")])
 
 
-def test_lora_on_the_patch_embedding_is_refused_because_its_update_would_be_ignored(tiny_base, dataset_cache, tmp_path):
-    with pytest.raises(finetune.FinetuneOptionError, match="patch embedding"):
-        run_finetune(tiny_base, dataset_cache, tmp_path, "--target-modules", "attn.qkv", "patch_embed.proj")
-
-
 def test_balanced_class_weights_are_inverse_class_frequencies():
     weights = finetune.class_weights_for([0, 0, 0, 1, 2, 2], num_classes=4)
     np.testing.assert_allclose(weights.numpy(), [6 / (3 * 3), 6 / (3 * 1), 6 / (3 * 2), 0.0])

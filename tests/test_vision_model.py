@@ -134,3 +134,22 @@ def test_default_encoder_has_the_parameter_count_of_torchvision_swin3d_b_without
     with torch.device("meta"):
         model = LuCaFoundVisionModel(LuCaFoundVisionConfig())
     assert sum(parameter.numel() for parameter in model.parameters()) == 87_638_984
+
+
+def test_lora_on_the_patch_embedding_takes_effect_for_grey_and_three_channel_input():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = LuCaFoundVisionModel(LuCaFoundVisionConfig(**TINY)).eval()
+    grey = torch.rand(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        before = model(pixel_values=grey).pooler_output
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["patch_embed.proj"]))
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)  # LoRA starts as a no-op; give it an update to apply
+    with torch.no_grad():
+        after_grey = adapted(pixel_values=grey).pooler_output
+        after_three = adapted(pixel_values=grey.expand(-1, 3, -1, -1, -1)).pooler_output
+    assert (after_grey - before).abs().max() > 1e-3
+    torch.testing.assert_close(after_grey, after_three, rtol=0, atol=1e-5)

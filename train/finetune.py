@@ -338,13 +338,6 @@ def apply_lora(model, task, args):
     from peft import LoraConfig, get_peft_model
 
     targets = list(args.target_modules)
-    if any(name.endswith("patch_embed.proj") or name == "proj" for name in targets):
-        # LuCaFoundPatchEmbedding calls F.conv3d with `self.proj.weight` (to fold 3-channel kernels for grey CT),
-        # which bypasses a LoRA wrapper's forward: the adapter would train nothing there.
-        raise FinetuneOptionError(
-            "LoRA cannot target the patch embedding (patch_embed.proj): its forward uses the kernel directly, so a "
-            "LoRA update would be silently ignored. Target attn.qkv, attn.proj, mlp.0, mlp.3 (the default)."
-        )
     config = LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
