@@ -317,6 +317,17 @@ def volume_geometry_features():
     }
 
 
+def ct_image_features(config, raw_only=None):
+    """The image columns of a CT builder for its config.
+
+    `preprocessed`: pixel values and crop box. `raw`: the volume as `Nifti`, then `raw_only` (masks or values that only
+    make sense next to the raw volume), then its geometry.
+    """
+    if is_preprocessed_config(config):
+        return preprocessed_image_features(config.image_size)
+    return {"image": datasets.Nifti(), **(raw_only or {}), **volume_geometry_features()}
+
+
 @functools.lru_cache(maxsize=8)
 def _image_processor(image_size, crop_mode):
     from modeling_lucafound.image_processing_lucafound import LuCaFoundImageProcessor

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    ct_image_features,
     DatasetLayoutError,
     DuplicateDetector,
     LuCaFoundBuilderConfig,
@@ -21,12 +22,10 @@ from .common import (
     parse_number_list,
     patient_level_split,
     preprocess_for_dataset,
-    preprocessed_image_features,
     read_csv_table,
     require_data_dir,
     split_generators_for,
     validated_config,
-    volume_geometry_features,
 )
 
 
@@ -135,14 +134,12 @@ class CtRate(datasets.GeneratorBasedBuilder):
             "patient_age": datasets.Value("int32"),
             "metadata": datasets.Value("string"),
         }
-        if is_preprocessed_config(self.config):
-            features.update(preprocessed_image_features(self.config.image_size))
-        else:
-            features["image"] = datasets.Nifti()
-            features["rescale_slope"] = datasets.Value("float32")
-            features["rescale_intercept"] = datasets.Value("float32")
-            features["stored_as_hounsfield"] = datasets.Value("bool")
-            features.update(volume_geometry_features())
+        raw_only = {
+            "rescale_slope": datasets.Value("float32"),
+            "rescale_intercept": datasets.Value("float32"),
+            "stored_as_hounsfield": datasets.Value("bool"),
+        }
+        features.update(ct_image_features(self.config, raw_only))
         return datasets.DatasetInfo(
             description=_DESCRIPTION, features=datasets.Features(features), license="cc-by-nc-sa-4.0"
         )

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
     DuplicateDetector,
@@ -20,13 +21,11 @@ from .common import (
     parse_number_list,
     patient_level_split,
     preprocess_for_dataset,
-    preprocessed_image_features,
     read_csv_table,
     require_data_dir,
     split_generators_for,
     structured_report_text,
     validated_config,
-    volume_geometry_features,
 )
 
 
@@ -126,11 +125,7 @@ class DeepLesion(datasets.GeneratorBasedBuilder):
         }
         if self.config.clinical_text:
             features["text"] = datasets.Value("string")
-        if is_preprocessed_config(self.config):
-            features.update(preprocessed_image_features(self.config.image_size))
-        else:
-            features["image"] = datasets.Nifti()
-            features.update(volume_geometry_features())
+        features.update(ct_image_features(self.config))
         return datasets.DatasetInfo(description=_DESCRIPTION, features=datasets.Features(features))
 
     def _split_generators(self, dl_manager):

@@ -31,6 +31,7 @@ import numpy as np
 from modeling_lucafound.errors import LuCaFoundInputError
 
 from .common import (
+    ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
     DuplicateDetector,
@@ -42,12 +43,10 @@ from .common import (
     parse_int,
     patient_level_split,
     preprocess_for_dataset,
-    preprocessed_image_features,
     read_csv_table,
     require_data_dir,
     split_generators_for,
     structured_report_text,
-    volume_geometry_features,
     world_to_voxel,
 )
 from .tcia import ct_volume_nifti_bytes, volume_geometry
@@ -191,12 +190,7 @@ class Luna16(datasets.GeneratorBasedBuilder):
         }
         if self.config.include_candidates:
             features["candidates"] = datasets.List({**point, "label": datasets.ClassLabel(names=CANDIDATE_CLASS_NAMES)})
-        if is_preprocessed_config(self.config):
-            features.update(preprocessed_image_features(self.config.image_size))
-        else:
-            features["image"] = datasets.Nifti()
-            features["lung_mask"] = datasets.Nifti()
-            features.update(volume_geometry_features())
+        features.update(ct_image_features(self.config, {"lung_mask": datasets.Nifti()}))
         if self.config.clinical_text:
             features["text"] = datasets.Value("string")
         return datasets.DatasetInfo(

@@ -8,16 +8,15 @@ import datasets
 import numpy as np
 
 from .common import (
+    ct_image_features,
     DuplicateDetector,
     LuCaFoundBuilderConfig,
     is_preprocessed_config,
     nifti_bytes_from_lps_volume,
     patient_level_split,
     preprocess_for_dataset,
-    preprocessed_image_features,
     split_generators_for,
     validated_config,
-    volume_geometry_features,
 )
 from .phantoms import (
     EGFR_CLASSES,
@@ -92,12 +91,7 @@ class SyntheticLungCT(datasets.GeneratorBasedBuilder):
             "survival_days": datasets.Value("int32"),
             "event": datasets.Value("int8"),
         }
-        if is_preprocessed_config(self.config):
-            features.update(preprocessed_image_features(self.config.image_size))
-        else:
-            features["image"] = datasets.Nifti()
-            features["lesion_mask"] = datasets.Nifti()
-            features.update(volume_geometry_features())
+        features.update(ct_image_features(self.config, {"lesion_mask": datasets.Nifti()}))
         return datasets.DatasetInfo(description=_DESCRIPTION, features=datasets.Features(features))
 
     def _split_generators(self, dl_manager):

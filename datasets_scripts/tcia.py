@@ -20,6 +20,7 @@ import numpy as np
 from modeling_lucafound.errors import LuCaFoundInputError
 
 from .common import (
+    ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
     DuplicateDetector,
@@ -31,12 +32,10 @@ from .common import (
     normalise_text,
     patient_level_split,
     preprocess_for_dataset,
-    preprocessed_image_features,
     read_csv_table,
     require_data_dir,
     split_generators_for,
     structured_report_text,
-    volume_geometry_features,
     world_to_voxel,
 )
 
@@ -481,11 +480,7 @@ class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
         }
         features.update(self._label_features())
         features.update(self._annotation_features())
-        if is_preprocessed_config(self.config):
-            features.update(preprocessed_image_features(self.config.image_size))
-        else:
-            features["image"] = datasets.Nifti()
-            features.update(volume_geometry_features())
+        features.update(ct_image_features(self.config))
         if self.config.clinical_text:
             features["text"] = datasets.Value("string")
         return datasets.DatasetInfo(
