@@ -23,7 +23,6 @@ import datetime
 import logging
 
 import datasets
-import numpy as np
 
 from .common import (
     DatasetValueError,
@@ -34,11 +33,10 @@ from .common import (
     parse_float,
     read_csv_table,
 )
-from .nsclc_radiomics import mask_bounding_box, read_segment_mask_from_file, segment_labels
+from .nsclc_radiomics import read_segment_mask_from_file, segment_labels, tumour_mask_columns
 from .tcia import (
     TciaCollectionBuilder,
     class_label_value,
-    ct_volume_nifti_bytes,
     dicom_files,
     find_table,
     optional_text,
@@ -233,22 +231,12 @@ class NsclcRadiogenomics(TciaCollectionBuilder):
                             series.series_uid,
                             outside,
                         )
-        has_tumour = mask is not None and bool(mask.any())
-        annotations = {
+        return {
             "segment_labels": labels,
-            "tumor_volume_ml": float(mask.sum() * np.prod(volume.spacing) / 1000.0) if has_tumour else None,
-            "tumor_bbox": mask_bounding_box(mask) if has_tumour else None,
+            **tumour_mask_columns(
+                "tumor", volume, mask, series.series_uid, include_mask_file=not is_preprocessed_config(self.config)
+            ),
         }
-        if not is_preprocessed_config(self.config):
-            annotations["tumor_mask"] = (
-                {
-                    "bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)),
-                    "path": f"{series.series_uid}_tumor.nii.gz",
-                }
-                if has_tumour
-                else None
-            )
-        return annotations
 
     def _clinical_text_fields(self, labels):
         return {

@@ -207,6 +207,25 @@ def mask_bounding_box(mask):
     return box
 
 
+def tumour_mask_columns(prefix, volume, mask, series_uid, include_mask_file):
+    """`<prefix>_volume_ml`, `<prefix>_bbox` and, for raw configs, `<prefix>_mask` (NIfTI on the CT grid).
+
+    All are None when there is no mask or it is empty on this grid.
+    """
+    has_tumour = mask is not None and bool(mask.any())
+    columns = {
+        f"{prefix}_volume_ml": float(mask.sum() * np.prod(volume.spacing) / 1000.0) if has_tumour else None,
+        f"{prefix}_bbox": mask_bounding_box(mask) if has_tumour else None,
+    }
+    if include_mask_file:
+        columns[f"{prefix}_mask"] = (
+            {"bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)), "path": f"{series_uid}_{prefix}.nii.gz"}
+            if has_tumour
+            else None
+        )
+    return columns
+
+
 class NsclcRadiomics(TciaCollectionBuilder):
     """NSCLC-Radiomics (Lung1): 422 NSCLC patients treated with radiotherapy; CT + GTV + clinical outcome."""
 
@@ -292,23 +311,14 @@ class NsclcRadiomics(TciaCollectionBuilder):
         has_tumour = mask is not None and bool(mask.any())
         if mask is not None and not has_tumour:
             logger.warning("%s: the %s segment is empty on this CT grid", key, TUMOUR_SEGMENT_LABEL)
-        annotations = {
-            "gtv_volume_ml": float(mask.sum() * np.prod(volume.spacing) / 1000.0) if has_tumour else None,
-            "gtv_bbox": mask_bounding_box(mask) if has_tumour else None,
+        return {
+            **tumour_mask_columns(
+                "gtv", volume, mask, series.series_uid, include_mask_file=not is_preprocessed_config(self.config)
+            ),
             "gtv_source": source if has_tumour else None,
             "segment_labels": labels,
             "rtstruct_roi_names": roi_names,
         }
-        if not is_preprocessed_config(self.config):
-            annotations["gtv_mask"] = (
-                {
-                    "bytes": ct_volume_nifti_bytes(volume, mask.astype(np.uint8)),
-                    "path": f"{series.series_uid}_gtv.nii.gz",
-                }
-                if has_tumour
-                else None
-            )
-        return annotations
 
     def _clinical_text_fields(self, labels):
         return {
