@@ -230,6 +230,7 @@ def test_cli_reports_a_folder_without_a_model_as_an_input_error(scan_folder, tmp
 
 def test_two_processes_under_torchrun_share_the_scans_and_write_one_table(scan_folder, model_folder, tmp_path):
     import os
+    import re
     import subprocess
     import sys
     from pathlib import Path
@@ -250,8 +251,8 @@ def test_two_processes_under_torchrun_share_the_scans_and_write_one_table(scan_f
                "--no-progress"]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    reports = [line for line in finished.stderr.splitlines() if line.startswith(str(output))]
-    shares = sorted(int(line.split(" embedded")[0].rsplit(" ", 1)[1]) for line in reports)
+    report = re.compile(re.escape(str(output)) + r": \d+ scans, \d+ already done, (\d+) embedded")
+    shares = sorted(int(count) for count in report.findall(finished.stderr))
     assert shares == expected_shares
     table, _ = read_feature_table(output)
     assert sorted(table["id"]) == ids and (table["status"] == "ok").all()

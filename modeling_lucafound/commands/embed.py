@@ -61,11 +61,12 @@ def run(args):
         revision=args.revision,
         progress=not args.no_progress,
     )
-    print(
+    # One write per line, so reports of processes sharing a terminal under torchrun do not interleave.
+    sys.stderr.write(
         f"{summary.output}: {summary.total} scans, {summary.skipped} already done, {summary.embedded} embedded, "
-        f"{summary.failed} failed ({summary.feature_size}-d features, {summary.seconds:.1f} s)",
-        file=sys.stderr,
+        f"{summary.failed} failed ({summary.feature_size}-d features, {summary.seconds:.1f} s)\n"
     )
+    sys.stderr.flush()
     if summary.failed:
         print("failed scans have status 'failed' and the reason in the 'error' column", file=sys.stderr)
     return 1 if (args.strict and summary.failed) else 0
