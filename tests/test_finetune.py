@@ -174,3 +174,39 @@ def test_full_fine_tuning_trains_every_parameter_and_saves_a_loadable_model(tiny
     assert result["trainable_fraction"] == 1.0 and result["adapter_dir"] is None
     model = AutoModelForImageClassification.from_pretrained(result["model_dir"], trust_remote_code=True)
     assert model.config.id2label == {0: "wildtype", 1: "mutant"}
+
+
+def test_best_epoch_keeper_restores_the_parameters_of_the_best_validation_epoch():
+    model = torch.nn.Linear(3, 2)
+    frozen = torch.nn.Linear(3, 2).requires_grad_(False)
+    model.add_module("frozen", frozen)
+    keeper = finetune.BestEpochKeeper("auroc")
+    snapshots = {}
+    for epoch, auroc in enumerate([0.6, 0.9, 0.7], start=1):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        snapshots[epoch] = model.weight.detach().clone()
+        keeper.consider(model, {"eval_auroc": auroc, "eval_loss": 0.5}, float(epoch))
+    assert keeper.best_epoch == 2.0 and keeper.best_value == 0.9
+    assert keeper.restore(model)
+    torch.testing.assert_close(model.weight, snapshots[2], rtol=0, atol=0)
+
+
+def test_best_epoch_keeper_changes_nothing_when_validation_never_gave_the_metric():
+    model = torch.nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+    keeper = finetune.BestEpochKeeper("c_index")
+    keeper.consider(model, {"eval_loss": 1.0}, 1.0)
+    keeper.consider(model, {"eval_c_index": float("nan")}, 2.0)
+    assert not keeper.restore(model) and keeper.best_epoch is None
+    torch.testing.assert_close(model.weight, before, rtol=0, atol=0)
+
+
+def test_the_evaluated_model_is_the_epoch_that_validation_chose(tiny_base, dataset_cache, tmp_path):
+    run_finetune(tiny_base, dataset_cache, tmp_path, "--task", "survival", "--epochs", "3", "--no-report",
+                 "--num-samples", "24", "--dataset-option", "validation_fraction=0.3")
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    validation = [entry for entry in summary["history"] if "eval_c_index" in entry]
+    assert validation, "the validation split must give a C-index for this check"
+    best = max(validation, key=lambda entry: entry["eval_c_index"])
+    assert summary["selected_epoch"] == pytest.approx(best["epoch"])

@@ -87,6 +87,16 @@ def test_shipped_tiny_options_file_parses():
     assert options.dataset == "synthetic"
 
 
+def test_text_pooling_option_sets_how_a_new_text_tower_pools_the_report():
+    from modeling_lucafound.report_tokenizer import train_report_tokenizer
+
+    reports = ["Spiculated mass in the right upper lobe.", "No pleural effusion.", "Ground-glass nodule, left lower lobe."]
+    tokenizer = train_report_tokenizer(reports, vocab_size=200)
+    for pooling in ("mean", "cls"):
+        options = pretrain.parse_options(["--model-size", "tiny", "--text-pooling", pooling])
+        assert pretrain.build_model(options, tokenizer).config.resolved_text_pooling == pooling
+
+
 def test_no_weight_decay_on_norms_biases_and_logit_scale():
     from modeling_lucafound.configuration_lucafound import lucafound_config_for_size
     from modeling_lucafound.modeling_lucafound import LuCaFoundModel

@@ -112,6 +112,9 @@ def build_argument_parser():
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True)
+    output.add_argument("--last-epoch", action="store_true",
+                        help="evaluate the model of the last epoch (default: the epoch with the best validation "
+                             "AUROC, or C-index for survival, when there is a validation split)")
     output.add_argument("--bootstrap-resamples", type=int, default=1000)
     output.add_argument("--save-merged", action="store_true", help="(lora) also save the merged model in merged/")
     output.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
@@ -419,6 +422,40 @@ def validation_metrics_function(task):
 # --------------------------------------------------------------------------------------------------------------
 
 
+class BestEpochKeeper:
+    """Remembers the trainable parameters of the epoch with the best validation metric and puts them back at the
+    end, so the held-out evaluation uses the model that validation chose rather than whatever the last epoch left.
+
+    Only trainable tensors are copied (the LoRA weights and the head, or everything in full fine-tuning), in memory.
+    """
+
+    def __init__(self, metric_name):
+        self.metric_name = f"eval_{metric_name}"
+        self.best_value = None
+        self.best_epoch = None
+        self._best_parameters = None
+
+    def consider(self, model, metrics, epoch):
+        value = (metrics or {}).get(self.metric_name)
+        if value is None or not np.isfinite(value) or (self.best_value is not None and value <= self.best_value):
+            return False
+        self.best_value, self.best_epoch = float(value), epoch
+        self._best_parameters = {
+            name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad
+        }
+        return True
+
+    def restore(self, model):
+        """Load the remembered parameters into `model`; False when no validation produced the metric."""
+        if self._best_parameters is None:
+            return False
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in self._best_parameters:
+                    parameter.copy_(self._best_parameters[name])
+        return True
+
+
 def prepare_for_reading(dataset, augmentation=None):
     """Fast numpy reads for evaluation; MONAI augmentation through `set_transform` for training when asked."""
     from train.data import add_example_index, set_ct_transforms
@@ -497,9 +534,25 @@ def run_trainer(task, args, train_dataset, eval_dataset, predict_dataset, run_di
                 augmentation.set_epoch(int(state.epoch or 0))
 
         trainer.add_callback(EpochAugmentation())
+    keeper = None
+    if trainer.eval_dataset is not None and not args.last_epoch:
+        from transformers import TrainerCallback
+
+        keeper = BestEpochKeeper("c_index" if task.kind == "survival" else "auroc")
+
+        class KeepBestEpoch(TrainerCallback):
+            def on_evaluate(self, arguments, state, control, metrics=None, **kwargs):
+                keeper.consider(trainer.model, metrics, state.epoch)
+
+        trainer.add_callback(KeepBestEpoch())
     started = time.time()
     trainer.train()
     training_seconds = time.time() - started
+    selected_epoch = None
+    if keeper is not None and keeper.restore(trainer.model):
+        selected_epoch = keeper.best_epoch
+        logger.info("evaluating the epoch %.2f model (best validation %s %.4f)", selected_epoch, keeper.metric_name,
+                    keeper.best_value)
     checkpoint_dir = Path(training_arguments.output_dir)
     if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
         checkpoint_dir.rmdir()
@@ -515,6 +568,7 @@ def run_trainer(task, args, train_dataset, eval_dataset, predict_dataset, run_di
         "history": history,
         "base_model_dir": base_model_dir,
         "training_seconds": training_seconds,
+        "selected_epoch": selected_epoch,
     }
 
 
@@ -800,6 +854,7 @@ def main(argv=None):
         trainable, total = result["trainable_parameters"], result["total_parameters"]
         summary["history"] = result["history"]
         summary["training_seconds"] = result["training_seconds"]
+        summary["selected_epoch"] = result.get("selected_epoch")
         summary["split_sizes"] = {
             "train": len(train_dataset),
             "validation": len(validation_dataset) if validation_dataset is not None else 0,

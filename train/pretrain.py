@@ -88,6 +88,9 @@ def build_parser():
     model.add_argument("--init-vision", help="folder of a LuCaFound CT encoder (from `lucafound convert`)")
     model.add_argument("--init-text", help="Hub id or folder of a text encoder (its tokenizer is used)")
     model.add_argument("--contrastive-loss", choices=["clip", "siglip"], default="clip")
+    model.add_argument("--text-pooling", choices=["cls", "mean"],
+                       help="report embedding from the [CLS] token or the mean of the tokens (default: the text "
+                            "encoder's own; a new text tower starts near-identical for every report under CLS)")
     model.add_argument("--tokenizer-vocab-size", type=int, default=4096,
                        help="vocabulary of the report tokenizer trained on the training reports (no --init-text)")
     model.add_argument("--freeze-vision", action="store_true", help="lock the CT tower (LiT); projections still train")
@@ -287,7 +290,8 @@ def build_model(options, tokenizer):
     from modeling_lucafound.modeling_lucafound import LuCaFoundModel, LuCaFoundTextModel, LuCaFoundVisionModel
 
     config = lucafound_config_for_size(
-        options.model_size, vocab_size=len(tokenizer), contrastive_loss=options.contrastive_loss
+        options.model_size, vocab_size=len(tokenizer), contrastive_loss=options.contrastive_loss,
+        text_pooling=options.text_pooling,
     )
     if not options.init_vision and not options.init_text:
         return LuCaFoundModel(config)
@@ -306,7 +310,8 @@ def build_model(options, tokenizer):
     else:
         text_model = LuCaFoundTextModel(config.text_config)
     return LuCaFoundModel.from_vision_text_pretrained(
-        vision_model, text_model, projection_dim=config.projection_dim, contrastive_loss=options.contrastive_loss
+        vision_model, text_model, projection_dim=config.projection_dim, contrastive_loss=options.contrastive_loss,
+        text_pooling=options.text_pooling,
     )
 
 
