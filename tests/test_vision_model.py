@@ -1,5 +1,7 @@
 """The 3D Swin encoder's behaviour: channels, hidden states, window rules, shared masks, checkpointing, init, size."""
 
+import math
+
 import pytest
 import torch
 
@@ -69,26 +71,40 @@ def test_window_shrinks_to_small_maps_and_shift_is_dropped_there():
     assert small.padded_size == (16, 4, 3)
 
 
-def test_shift_mask_is_built_once_per_stage_and_reused_across_calls(tiny_model, monkeypatch):
+def test_window_layouts_are_built_once_per_stage_and_reused_across_calls(tiny_model, monkeypatch):
     built = []
-    original = modeling.shifted_window_mask
+    original = modeling.window_layout
 
-    def counting_mask(geometry, device):
+    def counting_layout(geometry, feature_size, batch, device):
         built.append(geometry)
-        return original(geometry, device)
+        return original(geometry, feature_size, batch, device)
 
-    monkeypatch.setattr(modeling, "shifted_window_mask", counting_mask)
+    monkeypatch.setattr(modeling, "window_layout", counting_layout)
     for stage in tiny_model.features:
         if isinstance(stage, modeling.LuCaFoundSwinStage):
-            stage._shift_mask_cache.clear()
+            stage._layout_cache.clear()
     volume = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad():
         tiny_model(pixel_values=volume)
         first_pass = len(built)
         tiny_model(pixel_values=volume)
-    shifted_stages = 2  # at 16x64x64 only stages 0-1 have maps larger than the window in some axis
-    assert first_pass == shifted_stages
+    # at 16x64x64 stages 0-1 have maps larger than the window in some axis (a plain and a shifted layout); in
+    # stages 2-3 the shift is dropped on every axis, so both block kinds share one layout
+    assert first_pass == 2 + 2 + 1 + 1
+    assert sum(geometry.is_shifted for geometry in built) == 2
     assert len(built) == first_pass
+
+
+def test_window_layout_round_trips_and_groups_windows_by_shift_mask():
+    geometry = shifted_window_geometry((10, 9, 8), (8, 7, 7), (4, 3, 3))
+    layout = modeling.window_layout(geometry, (10, 9, 8), 2, "cpu")
+    tokens = 2 * 10 * 9 * 8
+    assert layout.gather_index.numel() == 2 * geometry.number_of_windows * geometry.window_volume
+    assert torch.equal(layout.gather_index[layout.scatter_index], torch.arange(tokens))
+    assert layout.padding_rows.numel() == 2 * (math.prod(geometry.padded_size) - 10 * 9 * 8)
+    assert sum(layout.group_sizes) == 2 * geometry.number_of_windows
+    assert len(layout.group_sizes) == 8  # interior, and last window along any subset of the 3 shifted axes
+    assert sum(mask is None for mask in layout.group_masks) == 1
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
