@@ -82,7 +82,7 @@ def shifted_window_geometry(feature_size, window_size, shift_size):
 def shifted_window_regions(geometry):
     """(windows, N) region id of every window token: tokens that the cyclic shift brought together from different
     regions of the map get different ids (torchvision's rule); along unshifted axes there is one region."""
-    region = torch.zeros(geometry.padded_size)
+    region = torch.zeros(geometry.padded_size, device="cpu")
     bounds = [
         ((0, -window), (-window, -shift), (-shift, None))
         for window, shift in zip(geometry.window_size, geometry.shift_size)
@@ -131,14 +131,14 @@ class WindowLayout:
 def window_layout(geometry, feature_size, batch, device):
     """The `WindowLayout` of a (batch, *feature_size) map: padding, cyclic shift and partition as `geometry` says."""
     tokens = math.prod(feature_size)
-    source = torch.arange(tokens).view(feature_size)
+    source = torch.arange(tokens, device="cpu").view(feature_size)  # index maps are built on CPU, then moved
     pad = [padded - size for padded, size in zip(geometry.padded_size, feature_size)]
     source = F.pad(source, (0, pad[2], 0, pad[1], 0, pad[0]), value=-1)
     if geometry.is_shifted:
         source = torch.roll(source, shifts=tuple(-shift for shift in geometry.shift_size), dims=(0, 1, 2))
     source = partition_windows(source[None, ..., None], geometry).reshape(geometry.number_of_windows, -1)
     patterns, group_of_window = torch.unique(shifted_window_regions(geometry), dim=0, return_inverse=True)
-    offsets = torch.arange(batch).view(batch, 1, 1) * tokens
+    offsets = torch.arange(batch, device="cpu").view(batch, 1, 1) * tokens
     gathers, group_sizes, group_masks = [], [], []
     for group, pattern in enumerate(patterns):
         windows = source[group_of_window == group]
@@ -147,8 +147,8 @@ def window_layout(geometry, feature_size, batch, device):
         group_masks.append(shift_mask_from_regions(pattern).to(device) if bool((pattern != pattern[0]).any()) else None)
     gather_index = torch.cat(gathers)
     padding = gather_index == batch * tokens
-    rows = torch.arange(gather_index.numel())
-    scatter_index = torch.empty(batch * tokens, dtype=torch.long)
+    rows = torch.arange(gather_index.numel(), device="cpu")
+    scatter_index = torch.empty(batch * tokens, dtype=torch.long, device="cpu")
     scatter_index[gather_index[~padding]] = rows[~padding]
     return WindowLayout(
         geometry,
@@ -173,9 +173,10 @@ def relative_position_index(window_size):
 
 def onednn_linear_applies(module, hidden_states):
     """Whether `module(hidden_states)` may run as oneDNN's linear: a plain, hook-free nn.Linear on CPU in fp32 or bf16,
-    without autograd (the op has no backward)."""
+    without autograd (the op has no backward), in eager mode (inductor cannot lower the op with unpacked weights)."""
     return (
         type(module) is nn.Linear
+        and not torch.compiler.is_compiling()
         and hidden_states.device.type == "cpu"
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
