@@ -58,13 +58,16 @@ def reference_flops(config, input_size, in_channels=3):
 
 
 def count_flops(model, pixel_values):
-    """FLOPs of our forward as torch's FlopCounterMode counts them (oneDNN off, so every linear is visible)."""
+    """FLOPs of our forward as torch's FlopCounterMode counts them: oneDNN off and SDPA on its math path, so that
+    every linear and attention matmul is visible to the counter (it has no formula for the CPU flash kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mkldnn.flags also sets TF32, which warns on CPU builds
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
-            model(pixel_values=pixel_values)
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
+            with FlopCounterMode(display=False) as counter:
+                model(pixel_values=pixel_values)
     return counter.get_total_flops()
 
 
