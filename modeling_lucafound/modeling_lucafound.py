@@ -1,9 +1,10 @@
 """LuCaFound models: the 3D Swin CT encoder, the report text encoder, the dual encoder and the task heads.
 
 The CT encoder is torchvision's `swin3d_b` rewritten for transformers: same parameter names (so the released
-`model.pt` loads key for key), same window/shift/padding rules (so it gives the released features), attention
-through `scaled_dot_product_attention` with the relative-position bias and the shifted-window mask added as one
-mask.
+`model.pt` loads key for key), same window/shift/padding rules (so it gives the released features). Faster at equal
+outputs: windows are gathered with precomputed index maps, qkv and the output projection run on real tokens only,
+attention runs through `scaled_dot_product_attention` once per group of windows sharing a shift mask, and CPU
+inference runs its linears through oneDNN (see BENCHMARKS.md).
 """
 
 import math
