@@ -28,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
+    parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
 
     import SimpleITK as sitk
@@ -73,6 +74,8 @@ def main(argv=None):
         "volumes_per_second": round(summary.scans_per_second, 3),
     }
     print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"{'model':>8} {'input':>14} {'volumes':>8} {'workers':>8} {'device':>7} {'seconds':>8} {'vol/s':>7}")
     print(f"{args.model_size:>8} {'x'.join(map(str, result['input_size'])):>14} {args.num_volumes:>8} "
           f"{args.num_workers:>8} {result['device']:>7} {result['seconds']:>8.2f} {result['volumes_per_second']:>7.3f}")

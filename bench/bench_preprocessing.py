@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without reinstalling
 TARGETS = {"real_ct_file": {"seconds": 1.5, "memory_ratio": 4.0}, "synthetic_512x512x300": {"seconds": 5.0, "memory_ratio": 4.0}}
 
 
@@ -138,6 +139,9 @@ def main():
     default_data = os.environ.get("LUCAFOUND_TEST_DATA", str(REPO_ROOT.parent / "shared" / "fixtures"))
     parser.add_argument("--data-dir", default=default_data)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(TARGETS), help="comma-separated subset of " + ", ".join(TARGETS))
+    parser.add_argument("--synthetic-shape", type=int, nargs=3, default=[300, 512, 512], metavar=("Z", "Y", "X"))
+    parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--array-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,10 +154,12 @@ def main():
         import numpy as np
 
         array_path = os.path.join(folder, "synthetic.npy")
-        volume, _ = synthetic_chest()
-        np.save(array_path, volume)
-        del volume
-        for case in TARGETS:
+        cases = [name.strip() for name in args.cases.split(",") if name.strip()]
+        if "synthetic_512x512x300" in cases:
+            volume, _ = synthetic_chest(shape=tuple(args.synthetic_shape))
+            np.save(array_path, volume)
+            del volume
+        for case in cases:
             command = [sys.executable, __file__, "--worker", case, "--data-dir", args.data_dir, "--repeats", str(args.repeats), "--array-path", array_path]
             completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
             if completed.returncode != 0:
@@ -166,7 +172,10 @@ def main():
             result["meets_time_target"] = result["seconds_best"] <= target["seconds"]
             result["meets_memory_target"] = result["peak_rss_ratio"] is not None and result["peak_rss_ratio"] <= target["memory_ratio"]
             results.append(result)
-    print(json.dumps({"benchmark": "preprocessing", "results": results}, indent=2))
+    text = json.dumps({"benchmark": "preprocessing", "results": results}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
     print()
     header = f"{'case':<24} {'best s':>7} {'median s':>9} {'target s':>9} {'peak RSS x raw':>15} {'tracemalloc x raw':>18}  crop bbox"
     print(header)

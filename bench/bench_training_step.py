@@ -30,7 +30,7 @@ def _resident_megabytes():
     return float("nan")
 
 
-def run_case(size, checkpointing, batch_size, steps, mixed_precision, text_length, device_name):
+def run_case(size, checkpointing, batch_size, steps, mixed_precision, text_length, device_name, image_size=None):
     """Time `steps` optimizer steps after one warm-up step; returns a dict of measurements."""
     import torch
 
@@ -48,7 +48,7 @@ def run_case(size, checkpointing, batch_size, steps, mixed_precision, text_lengt
     model.to(device).train()
     module = ContrastiveTrainingModule(model)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.2), lr=1e-4)
-    depth, height, width = config.vision_config.image_size
+    depth, height, width = image_size or config.vision_config.image_size
     pixel_values = torch.rand(batch_size, 1, depth, height, width, device=device)
     input_ids = torch.randint(5, 4096, (batch_size, text_length), device=device)
     attention_mask = torch.ones_like(input_ids)
@@ -103,6 +103,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--text-length", type=int, default=128)
+    parser.add_argument("--image-size", type=int, nargs=3, help="volume size instead of each size's default")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print its JSON
@@ -113,7 +114,7 @@ def main(argv=None):
     if options.case:
         size, checkpointing = options.case.split(":")
         print(json.dumps(run_case(size, checkpointing == "1", options.batch_size, options.steps,
-                                  options.mixed_precision, options.text_length, device)))
+                                  options.mixed_precision, options.text_length, device, options.image_size)))
         return None
     results = []
     for size in [name.strip() for name in options.sizes.split(",") if name.strip()]:
@@ -121,7 +122,7 @@ def main(argv=None):
             command = [sys.executable, __file__, "--case", f"{size}:{int(checkpointing)}",
                        "--batch-size", str(options.batch_size), "--steps", str(options.steps),
                        "--mixed-precision", options.mixed_precision, "--text-length", str(options.text_length),
-                       "--device", device]
+                       "--device", device] + (["--image-size", *map(str, options.image_size)] if options.image_size else [])
             completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
             if completed.returncode != 0:
                 results.append({"size": size, "gradient_checkpointing": checkpointing,

@@ -1,9 +1,10 @@
 """LuCaFound models: the 3D Swin CT encoder, the report text encoder, the dual encoder and the task heads.
 
 The CT encoder is torchvision's `swin3d_b` rewritten for transformers: same parameter names (so the released
-`model.pt` loads key for key), same window/shift/padding rules (so it gives the released features), attention
-through `scaled_dot_product_attention` with the relative-position bias and the shifted-window mask added as one
-mask.
+`model.pt` loads key for key), same window/shift/padding rules (so it gives the released features). Faster at equal
+outputs: windows are gathered with precomputed index maps, qkv and the output projection run on real tokens only,
+attention runs through `scaled_dot_product_attention` once per group of windows sharing a shift mask, and CPU
+inference runs its linears through oneDNN (see BENCHMARKS.md).
 """
 
 import math
@@ -79,9 +80,10 @@ def shifted_window_geometry(feature_size, window_size, shift_size):
     return WindowGeometry(tuple(window), tuple(shift), padded)
 
 
-def shifted_window_mask(geometry, device):
-    """Additive mask (windows, N, N): -100 between tokens that the cyclic shift brought from different regions."""
-    region = torch.zeros(geometry.padded_size, device=device)
+def shifted_window_regions(geometry):
+    """(windows, N) region id of every window token: tokens that the cyclic shift brought together from different
+    regions of the map get different ids (torchvision's rule); along unshifted axes there is one region."""
+    region = torch.zeros(geometry.padded_size, device="cpu")
     bounds = [
         ((0, -window), (-window, -shift), (-shift, None))
         for window, shift in zip(geometry.window_size, geometry.shift_size)
@@ -92,9 +94,12 @@ def shifted_window_mask(geometry, device):
             for width in bounds[2]:
                 region[depth[0] : depth[1], height[0] : height[1], width[0] : width[1]] = count
                 count += 1
-    region = partition_windows(region[None, ..., None], geometry).reshape(geometry.number_of_windows, -1)
-    difference = region.unsqueeze(1) - region.unsqueeze(2)
-    return torch.where(difference != 0, SHIFTED_WINDOW_MASK_VALUE, 0.0)
+    return partition_windows(region[None, ..., None], geometry).reshape(geometry.number_of_windows, -1)
+
+
+def shift_mask_from_regions(regions):
+    """Additive mask (..., N, N) from region ids (..., N): -100 between tokens of different regions, else 0."""
+    return torch.where(regions.unsqueeze(-1) != regions.unsqueeze(-2), SHIFTED_WINDOW_MASK_VALUE, 0.0)
 
 
 def partition_windows(hidden_states, geometry):
@@ -108,13 +113,52 @@ def partition_windows(hidden_states, geometry):
     return hidden_states.reshape(batch, geometry.number_of_windows, geometry.window_volume, channels)
 
 
-def merge_windows(windows, geometry):
-    """(B, windows, tokens per window, C) -> (B, D, H, W, C) padded map; inverse of `partition_windows`."""
-    batch, channels = windows.shape[0], windows.shape[-1]
-    (depth_windows, height_windows, width_windows), window = geometry.windows_per_axis, geometry.window_size
-    windows = windows.view(batch, depth_windows, height_windows, width_windows, window[0], window[1], window[2], channels)
-    windows = windows.permute(0, 1, 4, 2, 5, 3, 6, 7)
-    return windows.reshape(batch, *geometry.padded_size, channels)
+@dataclass(frozen=True)
+class WindowLayout:
+    """Index maps that turn a (B, D, H, W) token map into (shifted, padded) windows and back in one gather each.
+
+    Windows are ordered by group; all windows of a group share one shift mask, so attention runs once per group
+    with a broadcast (heads, N, N) mask instead of a (windows, heads, N, N) one.
+    """
+
+    geometry: WindowGeometry
+    gather_index: torch.Tensor  # (B*windows*N,) row of the flattened (B*D*H*W) map for each window token
+    padding_rows: torch.Tensor  # rows in window order that are padding (gathered from row 0, to be overwritten)
+    scatter_index: torch.Tensor  # (B*D*H*W,) row in window order of each map token (inverse of gather_index)
+    group_sizes: tuple  # windows per group, in window order
+    group_masks: tuple  # per group: additive (N, N) shift mask, or None where its windows need none
+
+
+def window_layout(geometry, feature_size, batch, device):
+    """The `WindowLayout` of a (batch, *feature_size) map: padding, cyclic shift and partition as `geometry` says."""
+    tokens = math.prod(feature_size)
+    source = torch.arange(tokens, device="cpu").view(feature_size)  # index maps are built on CPU, then moved
+    pad = [padded - size for padded, size in zip(geometry.padded_size, feature_size)]
+    source = F.pad(source, (0, pad[2], 0, pad[1], 0, pad[0]), value=-1)
+    if geometry.is_shifted:
+        source = torch.roll(source, shifts=tuple(-shift for shift in geometry.shift_size), dims=(0, 1, 2))
+    source = partition_windows(source[None, ..., None], geometry).reshape(geometry.number_of_windows, -1)
+    patterns, group_of_window = torch.unique(shifted_window_regions(geometry), dim=0, return_inverse=True)
+    offsets = torch.arange(batch, device="cpu").view(batch, 1, 1) * tokens
+    gathers, group_sizes, group_masks = [], [], []
+    for group, pattern in enumerate(patterns):
+        windows = source[group_of_window == group]
+        gathers.append(torch.where(windows < 0, batch * tokens, windows + offsets).reshape(-1))
+        group_sizes.append(batch * windows.shape[0])
+        group_masks.append(shift_mask_from_regions(pattern).to(device) if bool((pattern != pattern[0]).any()) else None)
+    gather_index = torch.cat(gathers)
+    padding = gather_index == batch * tokens
+    rows = torch.arange(gather_index.numel(), device="cpu")
+    scatter_index = torch.empty(batch * tokens, dtype=torch.long, device="cpu")
+    scatter_index[gather_index[~padding]] = rows[~padding]
+    return WindowLayout(
+        geometry,
+        gather_index.masked_fill(padding, 0).to(device),
+        rows[padding].to(device),
+        scatter_index.to(device),
+        tuple(group_sizes),
+        tuple(group_masks),
+    )
 
 
 def relative_position_index(window_size):
@@ -126,6 +170,41 @@ def relative_position_index(window_size):
     relative = relative + torch.tensor([size - 1 for size in window_size])
     strides = torch.tensor([(2 * window_size[1] - 1) * (2 * window_size[2] - 1), 2 * window_size[2] - 1, 1])
     return (relative * strides).sum(-1)
+
+
+def onednn_linear_applies(module, hidden_states):
+    """Whether `module(hidden_states)` may run as oneDNN's linear: a plain, hook-free nn.Linear on CPU in fp32 or bf16,
+    without autograd (the op has no backward), in eager mode (inductor cannot lower the op with unpacked weights)."""
+    return (
+        type(module) is nn.Linear
+        and not torch.compiler.is_compiling()
+        and hidden_states.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not (module._forward_hooks or module._forward_pre_hooks)
+    )
+
+
+def linear(module, hidden_states, activation=None):
+    """`module(hidden_states)`, then GELU if `activation == "gelu"`.
+
+    Inference on CPU runs oneDNN's linear with bias and GELU fused: torch's fp32 linear calls MKL, which on AMD CPUs
+    runs at about half of oneDNN's speed (see BENCHMARKS.md). Under CPU autocast it computes in the autocast dtype.
+    """
+    if onednn_linear_applies(module, hidden_states):
+        weight, bias = module.weight, module.bias
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        if hidden_states.dtype in (torch.float32, torch.bfloat16) and weight.dtype == hidden_states.dtype:
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+            fused = ("gelu", "none") if activation == "gelu" else ("none", "")
+            output = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, fused[0], [], fused[1])
+            return output.view(*hidden_states.shape[:-1], output.shape[-1])
+    output = module(hidden_states)
+    return F.gelu(output) if activation == "gelu" else output
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,26 +269,38 @@ class LuCaFoundWindowAttention(nn.Module):
     def relative_position_bias(self, window_volume):
         """(heads, N, N) bias; a shrunk window uses the top-left N x N block of the full index (torchvision)."""
         index = self.relative_position_index[:window_volume, :window_volume].reshape(-1)
-        bias = self.relative_position_bias_table[index].view(window_volume, window_volume, self.num_heads)
-        return bias.permute(2, 0, 1)
+        return self.relative_position_bias_table.t()[:, index].view(self.num_heads, window_volume, window_volume)
 
-    def forward(self, windows, geometry, shift_mask=None):
-        """windows (B, nW, N, C) -> (B, nW, N, C). `shift_mask` (nW, N, N) for shifted blocks."""
-        batch, number_of_windows, tokens, channels = windows.shape
-        qkv = self.qkv(windows).view(batch, number_of_windows, tokens, 3, self.num_heads, channels // self.num_heads)
-        query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, head_dim)
-        attention_mask = self.relative_position_bias(tokens).to(query.dtype)
-        if shift_mask is not None:
-            attention_mask = attention_mask.unsqueeze(0) + shift_mask.unsqueeze(1).to(query.dtype)
-        attended = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )
-        attended = attended.transpose(2, 3).reshape(batch, number_of_windows, tokens, channels)
-        return self.proj_dropout(self.proj(attended))
+    def forward(self, normed, layout):
+        """normed (B, D, H, W, C), the block's norm1 output -> attention output (B, D, H, W, C).
+
+        As torchvision, the map is padded with zeros after the norm, so a padded token's q, k and v are those of a
+        zero token: qkv runs on the real tokens and one zero token, the output projection on the real tokens only.
+        """
+        channels, tokens = normed.shape[-1], layout.geometry.window_volume
+        qkv = linear(self.qkv, normed.reshape(-1, channels)).index_select(0, layout.gather_index)
+        if layout.padding_rows.numel():
+            padding_qkv = linear(self.qkv, normed.new_zeros(1, channels)).to(qkv.dtype)
+            qkv = qkv.index_copy_(0, layout.padding_rows, padding_qkv.expand(layout.padding_rows.numel(), -1))
+        query, key, value = qkv.view(-1, tokens, 3, self.num_heads, channels // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias(tokens).to(query.dtype)
+        dropout = self.attention_dropout if self.training else 0.0
+        attended, first = [], 0
+        for count, shift_mask in zip(layout.group_sizes, layout.group_masks):
+            mask = bias if shift_mask is None else bias + shift_mask.to(query.dtype)
+            window_slice = slice(first, first + count)
+            output = window_attention(query[window_slice], key[window_slice], value[window_slice], mask, dropout)
+            attended.append(output.transpose(1, 2).reshape(-1, channels))
+            first += count
+        attended = attended[0] if len(attended) == 1 else torch.cat(attended)
+        attended = attended.index_select(0, layout.scatter_index).view(normed.shape)
+        return self.proj_dropout(linear(self.proj, attended))
+
+
+def window_attention(query, key, value, mask, dropout):
+    """softmax(q k^T / sqrt(d) + mask) v for (windows, heads, N, d) with a (heads, N, N) mask shared by the windows."""
+    # a 4-D mask: with a 3-D one the CPU dispatcher skips the flash kernel for the 3x slower math path
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask.unsqueeze(0), dropout_p=dropout)
 
 
 class LuCaFoundStochasticDepth(nn.Module):
@@ -245,21 +336,15 @@ class LuCaFoundSwinBlock(GradientCheckpointingLayer):
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, dim), nn.Dropout(config.dropout)
         )
 
-    def forward(self, hidden_states, geometry, shift_mask=None):
-        depth, height, width = hidden_states.shape[1:4]
-        shifted = self.norm1(hidden_states)
-        pad = [padded - size for padded, size in zip(geometry.padded_size, (depth, height, width))]
-        if any(pad):
-            shifted = F.pad(shifted, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-        if geometry.is_shifted:
-            shifted = torch.roll(shifted, shifts=tuple(-shift for shift in geometry.shift_size), dims=(1, 2, 3))
-        attended = self.attn(partition_windows(shifted, geometry), geometry, shift_mask if geometry.is_shifted else None)
-        attended = merge_windows(attended, geometry)
-        if geometry.is_shifted:
-            attended = torch.roll(attended, shifts=geometry.shift_size, dims=(1, 2, 3))
-        attended = attended[:, :depth, :height, :width]
-        hidden_states = hidden_states + self.stochastic_depth(attended)
-        return hidden_states + self.stochastic_depth(self.mlp(self.norm2(hidden_states)))
+    def forward(self, hidden_states, layout):
+        """hidden_states (B, D, H, W, C); `layout` places the tokens in this block's (shifted) windows."""
+        hidden_states = hidden_states + self.stochastic_depth(self.attn(self.norm1(hidden_states), layout))
+        return hidden_states + self.stochastic_depth(self.feed_forward(self.norm2(hidden_states)))
+
+    def feed_forward(self, hidden_states):
+        """`self.mlp` (Linear, GELU, Dropout, Linear, Dropout), with the first Linear and the GELU fused if possible."""
+        hidden_states = self.mlp[2](linear(self.mlp[0], hidden_states, activation="gelu"))
+        return self.mlp[4](linear(self.mlp[3], hidden_states))
 
 
 class LuCaFoundPatchMerging(nn.Module):
@@ -282,11 +367,11 @@ class LuCaFoundPatchMerging(nn.Module):
             ],
             dim=-1,
         )
-        return self.reduction(self.norm(merged))
+        return linear(self.reduction, self.norm(merged))
 
 
 class LuCaFoundSwinStage(nn.ModuleList):
-    """The blocks of one stage; their window geometry and shift mask are computed once per forward and shared."""
+    """The blocks of one stage; their window layouts (geometry, index maps, shift masks) are built once and shared."""
 
     def __init__(self, config, stage_index, first_block_index, total_blocks):
         dim = config.embed_dim * 2**stage_index
@@ -299,24 +384,24 @@ class LuCaFoundSwinStage(nn.ModuleList):
             )
         super().__init__(blocks)
         self.window_size = tuple(config.window_size)
-        self._shift_mask_cache = {}
+        self.shift_size = self[1].shift_size if len(self) > 1 else (0, 0, 0)
+        self._layout_cache = {}
 
-    def _shift_mask(self, geometry, device):
-        key = (geometry, str(device))
-        if key not in self._shift_mask_cache:
-            self._shift_mask_cache = {key: shifted_window_mask(geometry, device)}
-        return self._shift_mask_cache[key]
+    def _layouts(self, feature_size, batch, device):
+        """(plain, shifted) window layouts for this map, built once per map size, batch and device and reused."""
+        key = (feature_size, batch, str(device))
+        if key not in self._layout_cache:
+            plain = shifted_window_geometry(feature_size, self.window_size, (0, 0, 0))
+            shifted = shifted_window_geometry(feature_size, self.window_size, self.shift_size)
+            plain_layout = window_layout(plain, feature_size, batch, device)
+            shifted_layout = plain_layout if shifted == plain else window_layout(shifted, feature_size, batch, device)
+            self._layout_cache = {key: (plain_layout, shifted_layout)}
+        return self._layout_cache[key]
 
     def forward(self, hidden_states):
-        feature_size = tuple(hidden_states.shape[1:4])
-        plain = shifted_window_geometry(feature_size, self.window_size, (0, 0, 0))
-        shifted_geometry = shifted_window_geometry(feature_size, self.window_size, self[1].shift_size if len(self) > 1 else (0, 0, 0))
-        shift_mask = self._shift_mask(shifted_geometry, hidden_states.device) if shifted_geometry.is_shifted else None
+        plain, shifted = self._layouts(tuple(hidden_states.shape[1:4]), hidden_states.shape[0], hidden_states.device)
         for block in self:
-            if any(block.shift_size):
-                hidden_states = block(hidden_states, shifted_geometry, shift_mask)
-            else:
-                hidden_states = block(hidden_states, plain)
+            hidden_states = block(hidden_states, shifted if any(block.shift_size) else plain)
         return hidden_states
 
 

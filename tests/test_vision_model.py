@@ -1,5 +1,7 @@
 """The 3D Swin encoder's behaviour: channels, hidden states, window rules, shared masks, checkpointing, init, size."""
 
+import math
+
 import pytest
 import torch
 
@@ -69,26 +71,40 @@ def test_window_shrinks_to_small_maps_and_shift_is_dropped_there():
     assert small.padded_size == (16, 4, 3)
 
 
-def test_shift_mask_is_built_once_per_stage_and_reused_across_calls(tiny_model, monkeypatch):
+def test_window_layouts_are_built_once_per_stage_and_reused_across_calls(tiny_model, monkeypatch):
     built = []
-    original = modeling.shifted_window_mask
+    original = modeling.window_layout
 
-    def counting_mask(geometry, device):
+    def counting_layout(geometry, feature_size, batch, device):
         built.append(geometry)
-        return original(geometry, device)
+        return original(geometry, feature_size, batch, device)
 
-    monkeypatch.setattr(modeling, "shifted_window_mask", counting_mask)
+    monkeypatch.setattr(modeling, "window_layout", counting_layout)
     for stage in tiny_model.features:
         if isinstance(stage, modeling.LuCaFoundSwinStage):
-            stage._shift_mask_cache.clear()
+            stage._layout_cache.clear()
     volume = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad():
         tiny_model(pixel_values=volume)
         first_pass = len(built)
         tiny_model(pixel_values=volume)
-    shifted_stages = 2  # at 16x64x64 only stages 0-1 have maps larger than the window in some axis
-    assert first_pass == shifted_stages
+    # at 16x64x64 stages 0-1 have maps larger than the window in some axis (a plain and a shifted layout); in
+    # stages 2-3 the shift is dropped on every axis, so both block kinds share one layout
+    assert first_pass == 2 + 2 + 1 + 1
+    assert sum(geometry.is_shifted for geometry in built) == 2
     assert len(built) == first_pass
+
+
+def test_window_layout_round_trips_and_groups_windows_by_shift_mask():
+    geometry = shifted_window_geometry((10, 9, 8), (8, 7, 7), (4, 3, 3))
+    layout = modeling.window_layout(geometry, (10, 9, 8), 2, "cpu")
+    tokens = 2 * 10 * 9 * 8
+    assert layout.gather_index.numel() == 2 * geometry.number_of_windows * geometry.window_volume
+    assert torch.equal(layout.gather_index[layout.scatter_index], torch.arange(tokens))
+    assert layout.padding_rows.numel() == 2 * (math.prod(geometry.padded_size) - 10 * 9 * 8)
+    assert sum(layout.group_sizes) == 2 * geometry.number_of_windows
+    assert len(layout.group_sizes) == 8  # interior, and last window along any subset of the 3 shifted axes
+    assert sum(mask is None for mask in layout.group_masks) == 1
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -153,3 +169,37 @@ def test_lora_on_the_patch_embedding_takes_effect_for_grey_and_three_channel_inp
         after_three = adapted(pixel_values=grey.expand(-1, 3, -1, -1, -1)).pooler_output
     assert (after_grey - before).abs().max() > 1e-3
     torch.testing.assert_close(after_grey, after_three, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (4, 3, 3)])
+def test_window_attention_output_and_gradients_match_the_step_by_step_reference(shift):
+    """The fast path (index maps, grouped masks, real tokens only) against torchvision's computation written out,
+    in training mode, on a map that needs padding along every axis (and shifting along every axis). In float64,
+    so that 1e-5 measures the index and mask logic, not float32 summation order."""
+    from swin3d_reference import reference_window_attention
+
+    torch.manual_seed(0)
+    config = LuCaFoundVisionConfig(**TINY)
+    attention = modeling.LuCaFoundWindowAttention(config, dim=16, num_heads=2).double().train()
+    torch.nn.init.normal_(attention.relative_position_bias_table, std=0.5)
+    torch.nn.init.normal_(attention.qkv.bias, std=0.5)
+    feature_size = (10, 9, 8)
+    geometry = shifted_window_geometry(feature_size, (8, 7, 7), shift)
+    assert geometry.padded_size == (16, 14, 14) and geometry.shift_size == shift
+    layout = modeling.window_layout(geometry, feature_size, 2, "cpu")
+    normed = torch.randn(2, *feature_size, 16, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, *feature_size, 16, dtype=torch.float64)
+    results = []
+    for forward in (lambda: attention(normed, layout), lambda: reference_window_attention(attention, normed, geometry)):
+        attention.zero_grad()
+        normed.grad = None
+        output = forward()
+        (output * weights).sum().backward()
+        gradients = {name: parameter.grad.clone() for name, parameter in attention.named_parameters()}
+        results.append((output.detach(), normed.grad.clone(), gradients))
+    (fast, fast_input_grad, fast_grads), (reference, reference_input_grad, reference_grads) = results
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_input_grad, reference_input_grad, rtol=0, atol=1e-5)
+    assert set(fast_grads) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"}
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], reference_grads[name], rtol=0, atol=1e-5, msg=name)
