@@ -172,11 +172,24 @@ def relative_position_index(window_size):
     return (relative * strides).sum(-1)
 
 
+def _has_onednn_linear_operator():
+    """Whether this torch build has oneDNN's fused linear (a private operator: a future torch may drop or rename it)."""
+    try:
+        return hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+HAS_ONEDNN_LINEAR_OPERATOR = _has_onednn_linear_operator()
+
+
 def onednn_linear_applies(module, hidden_states):
     """Whether `module(hidden_states)` may run as oneDNN's linear: a plain, hook-free nn.Linear on CPU in fp32 or bf16,
-    without autograd (the op has no backward), in eager mode (inductor cannot lower the op with unpacked weights)."""
+    without autograd (the op has no backward), in eager mode (inductor cannot lower the op with unpacked weights),
+    on a torch build that still has the operator (else the ordinary nn.Linear path runs)."""
     return (
-        type(module) is nn.Linear
+        HAS_ONEDNN_LINEAR_OPERATOR
+        and type(module) is nn.Linear
         and not torch.compiler.is_compiling()
         and hidden_states.device.type == "cpu"
         and not torch.is_grad_enabled()

@@ -27,6 +27,15 @@ def test_grey_volume_as_one_channel_equals_three_identical_channels(tiny_model):
     torch.testing.assert_close(one_channel, three_channels, rtol=0, atol=1e-5)
 
 
+def test_without_the_onednn_operator_inference_falls_back_to_plain_linears_with_the_same_features(tiny_model, monkeypatch):
+    volume = torch.rand(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        fused = tiny_model(pixel_values=volume).pooler_output
+        monkeypatch.setattr(modeling, "HAS_ONEDNN_LINEAR_OPERATOR", False)
+        plain = tiny_model(pixel_values=volume).pooler_output
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
 def test_pooler_output_is_the_width_of_the_last_stage(tiny_model):
     with torch.no_grad():
         output = tiny_model(pixel_values=torch.rand(1, 1, 16, 64, 64))
