@@ -8,6 +8,7 @@ Usage: python bench/bench_dataset_reading.py [--num-samples 32] [--epochs 3] [--
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from datasets_scripts import SyntheticLungCT  # noqa: E402
 from datasets_scripts.common import pixel_values_batch  # noqa: E402
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
 
 
 TARGET_VOLUMES_PER_SECOND = 100.0
@@ -73,7 +75,7 @@ def main(argv=None):
     build_seconds = time.perf_counter() - start
     import torch  # noqa: F401  imported before timing: the first import takes seconds
 
-    volume_megabytes = 2 * int(__import__("math").prod(args.image_size)) / 2**20
+    volume_megabytes = 2 * math.prod(args.image_size) / 2**20
     runs = []
     for read_format in [name.strip() for name in args.formats.split(",") if name.strip()]:
         volumes, seconds = read_epochs(dataset, read_format, args.epochs, args.batch_size)
@@ -97,7 +99,7 @@ def main(argv=None):
     }
     print(json.dumps(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json_atomically(args.json, result)
     print(f"{'format':>7} {'size':>12} {'volumes':>8} {'vol/s':>8} {'MB/s':>8} {'target':>7}")
     for run in runs:
         print(f"{run['format']:>7} {'x'.join(map(str, args.image_size)):>12} {run['volumes_read']:>8} "

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
 
 
 def main(argv=None):
@@ -75,7 +76,7 @@ def main(argv=None):
     }
     print(json.dumps(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json_atomically(args.json, result)
     print(f"{'model':>8} {'input':>14} {'volumes':>8} {'workers':>8} {'device':>7} {'seconds':>8} {'vol/s':>7}")
     print(f"{args.model_size:>8} {'x'.join(map(str, result['input_size'])):>14} {args.num_volumes:>8} "
           f"{args.num_workers:>8} {result['device']:>7} {result['seconds']:>8.2f} {result['volumes_per_second']:>7.3f}")

@@ -27,7 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_lucafound.configuration_lucafound import LuCaFoundVisionConfig, lucafound_config_for_size  # noqa: E402
-from modeling_lucafound.modeling_lucafound import LuCaFoundVisionModel, shifted_window_geometry  # noqa: E402
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
+from modeling_lucafound.modeling_lucafound import (  # noqa: E402
+    HAS_ONEDNN_LINEAR_OPERATOR,
+    LuCaFoundVisionModel,
+    shifted_window_geometry,
+)
 
 TORCHVISION_CPU_SECONDS_FROM_ISSUE = 21.0  # issue 8: torchvision swin3d_b, 1x3x48x256x256, these 2-core CPUs
 
@@ -80,7 +85,7 @@ def matmul_peaks(device, size):
     """Best-of-5 GFLOP/s of a square matmul through torch.matmul and (CPU) oneDNN's linear, fp32 and bf16."""
     a32, b32 = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     kernels = {"matmul": lambda a, b: torch.matmul(a, b)}
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if device.type == "cpu" and HAS_ONEDNN_LINEAR_OPERATOR and torch.backends.mkldnn.is_available():
         kernels["onednn"] = lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -222,14 +227,14 @@ def main(argv=None):
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text)
+        write_json_atomically(args.json, results)
     print(f"\n{'run':<22}{'best s':>9}{'ref GFLOP/s':>13}{'of matmul peak':>16}{'vs ours fp32':>14}{'max |diff|':>12}"
           f"{'cosine':>10}")
     for name, run in results["runs"].items():
         print(f"{name:<22}{run['seconds']:>9.2f}{run['reference_gflops']:>13.1f}{run['fraction_of_matmul_peak']:>16.0%}"
               f"{run['speedup_vs_ours_fp32']:>14.2f}{run['max_abs_difference_vs_ours_fp32']:>12.2e}"
               f"{run['cosine_vs_ours_fp32']:>10.6f}")
-    print(f"peaks (GFLOP/s, same run): " + ", ".join(f"{key} {value:.0f}" for key, value in peaks.items()))
+    print("peaks (GFLOP/s, same run): " + ", ".join(f"{key} {value:.0f}" for key, value in peaks.items()))
     return results
 
 

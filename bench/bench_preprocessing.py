@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without reinstalling
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
+
 TARGETS = {"real_ct_file": {"seconds": 1.5, "memory_ratio": 4.0}, "synthetic_512x512x300": {"seconds": 5.0, "memory_ratio": 4.0}}
 
 
@@ -172,10 +174,10 @@ def main():
             result["meets_time_target"] = result["seconds_best"] <= target["seconds"]
             result["meets_memory_target"] = result["peak_rss_ratio"] is not None and result["peak_rss_ratio"] <= target["memory_ratio"]
             results.append(result)
-    text = json.dumps({"benchmark": "preprocessing", "results": results}, indent=2)
-    print(text)
+    report = {"benchmark": "preprocessing", "results": results}
+    print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).write_text(text)
+        write_json_atomically(args.json, report)
     print()
     header = f"{'case':<24} {'best s':>7} {'median s':>9} {'target s':>9} {'peak RSS x raw':>15} {'tracemalloc x raw':>18}  crop bbox"
     print(header)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
 
 
 def _resident_megabytes():
@@ -141,7 +142,7 @@ def main(argv=None):
               f"{result['mixed_precision']:<9} {result['samples_per_second']:>10.3f} {result['seconds_per_step']:>8.3f} "
               f"{result['peak_memory_mb']:>9.0f}")
     if options.json:
-        Path(options.json).write_text(json.dumps(results, indent=2))
+        write_json_atomically(options.json, results)
     return results
 
 

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout without reinstalling
+
+from modeling_lucafound.atomic_files import write_json_atomically  # noqa: E402
+
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 
 # benchmark -> arguments, per mode; every benchmark also gets --json <file>
@@ -99,9 +103,7 @@ def main(argv=None):
         print(f"{name:<16} {seconds:7.1f} s  {'ok' if error is None else 'FAILED: ' + error}", flush=True)
     report["load_average_after"] = os.getloadavg()[0]
     report["wall_seconds"] = time.perf_counter() - started
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
+    output = write_json_atomically(args.output, report)
     print(f"{'total':<16} {report['wall_seconds']:7.1f} s  -> {output}")
     return 0 if all(entry["error"] is None for entry in report["benchmarks"].values()) else 1
 
