@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DatasetLayoutError,
     DuplicateDetector,
@@ -91,7 +92,7 @@ class CtRateConfig(LuCaFoundBuilderConfig):
     prefer_fixed: bool = True
 
 
-class CtRate(datasets.GeneratorBasedBuilder):
+class CtRate(CTVolumeBuilder):
     """One example per volume (`<split>_<patient>_<scan>_<reconstruction>`); patient id `<split>_<patient>`.
 
     `data_dir` is the folder holding `dataset/` (or `dataset/` itself). Splits are the official ones (train ->

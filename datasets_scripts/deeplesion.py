@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
@@ -78,7 +79,7 @@ class DeepLesionConfig(LuCaFoundBuilderConfig):
     crop_mode: str = "body"
 
 
-class DeepLesion(datasets.GeneratorBasedBuilder):
+class DeepLesion(CTVolumeBuilder):
     """One example per key slice (`File_name`), carrying every lesion measured on it and the slices of its
     `Slice_range` stacked into a volume.
 

@@ -8,6 +8,7 @@ import logging
 import datasets
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
@@ -70,7 +71,7 @@ class Dlcsd24Config(LuCaFoundBuilderConfig):
     """DLCSD24 options: the shared LuCaFound fields."""
 
 
-class Dlcsd24(datasets.GeneratorBasedBuilder):
+class Dlcsd24(CTVolumeBuilder):
     """One example per CT volume with all its nodules.
 
     Strict: `DLCSD24_Annotations.csv` with the columns `patient-id, nodule_id, ct_nifti_file, coordX, coordY,

@@ -31,6 +31,7 @@ import numpy as np
 from modeling_lucafound.errors import LuCaFoundInputError
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
@@ -152,7 +153,7 @@ def read_lung_mask(path, volume):
     return mask
 
 
-class Luna16(datasets.GeneratorBasedBuilder):
+class Luna16(CTVolumeBuilder):
     """LUNA16: 888 low-dose and diagnostic chest CTs with 1186 annotated nodules (centre and diameter in mm)."""
 
     BUILDER_CONFIG_CLASS = Luna16Config

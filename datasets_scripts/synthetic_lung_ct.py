@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DuplicateDetector,
     LuCaFoundBuilderConfig,
@@ -61,7 +62,7 @@ def synthetic_patient_id(patient_index):
     return f"SYN-{patient_index:05d}"
 
 
-class SyntheticLungCT(datasets.GeneratorBasedBuilder):
+class SyntheticLungCT(CTVolumeBuilder):
     """Synthetic lung-cancer chest CT cohort.
 
     Configs: `raw` (the phantom as a NIfTI volume plus its lesion mask and geometry) and `preprocessed`

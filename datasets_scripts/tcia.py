@@ -20,6 +20,7 @@ import numpy as np
 from modeling_lucafound.errors import LuCaFoundInputError
 
 from .common import (
+    CTVolumeBuilder,
     ct_image_features,
     DatasetLayoutError,
     DatasetValueError,
@@ -401,7 +402,7 @@ class TciaBuilderConfig(LuCaFoundBuilderConfig):
     clinical_table: str | None = None
 
 
-class TciaCollectionBuilder(datasets.GeneratorBasedBuilder):
+class TciaCollectionBuilder(CTVolumeBuilder):
     """What every TCIA CT builder shares: one example per CT series with geometry, labels per patient.
 
     Rows carry the TCIA subject id and the series/study UIDs (enough to find the files through metadata.csv) but

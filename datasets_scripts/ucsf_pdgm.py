@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 
 from .common import (
+    CTVolumeBuilder,
     DatasetLayoutError,
     DatasetValueError,
     DuplicateDetector,
@@ -58,7 +59,7 @@ class UcsfPdgmConfig(LuCaFoundBuilderConfig):
         self.sequences = tuple(self.sequences)
 
 
-class UcsfPdgm(datasets.GeneratorBasedBuilder):
+class UcsfPdgm(CTVolumeBuilder):
     """One example per row of the metadata table (follow-up rows `_FU` kept, grouped with their patient).
 
     Strict: the metadata header (ID, Sex, Age at MRI, WHO CNS Grade, MGMT status, IDH, 1-dead 0-alive, OS required);

@@ -8,6 +8,7 @@ import pytest
 
 import datasets_scripts
 from datasets_scripts.common import (
+    CTVolumeBuilder,
     DatasetLayoutError,
     DatasetValueError,
     DuplicateDetector,
@@ -26,6 +27,7 @@ from datasets_scripts.common import (
     read_csv_table,
     structured_report_text,
     world_to_voxel,
+    volume_writer_batch_size,
     write_bytes_atomically,
 )
 from modeling_lucafound.errors import LuCaFoundInputError
@@ -234,3 +236,28 @@ def test_pixel_values_batch_reads_the_same_values_as_the_formatter():
     assert batch.dtype == np.float16 and batch.shape == (3, 2, 3, 4)
     np.testing.assert_array_equal(batch, volumes[1:4])
     np.testing.assert_array_equal(pixel_values_batch(dataset, [4, 0]), volumes[[4, 0]])
+
+
+@pytest.mark.parametrize("short_name", sorted(datasets_scripts.DATASET_BUILDERS))
+def test_every_builder_writes_volumes_in_batches_below_arrows_2_gib_limit(short_name, tmp_path):
+    builder_class = datasets_scripts.get_builder_class(short_name)
+    assert issubclass(builder_class, CTVolumeBuilder)
+    builder = builder_class(config_name="preprocessed", cache_dir=str(tmp_path), data_dir=str(tmp_path))
+    row_bytes = 2 * int(np.prod(builder.config.image_size))
+    assert builder._writer_batch_size * row_bytes <= 2**30
+    raw_builder = builder_class(config_name="raw", cache_dir=str(tmp_path), data_dir=str(tmp_path))
+    assert raw_builder._writer_batch_size * 200 * 2**20 < 2**31  # four raw CTs of 200 MiB
+
+
+def test_an_explicit_writer_batch_size_wins(tmp_path):
+    builder = datasets_scripts.get_builder_class("synthetic")(
+        config_name="preprocessed", cache_dir=str(tmp_path), writer_batch_size=7
+    )
+    assert builder._writer_batch_size == 7
+
+
+def test_writer_batch_size_shrinks_as_the_preprocessed_volume_grows():
+    small = LuCaFoundBuilderConfig(name="preprocessed", image_size=(16, 64, 64))
+    default = LuCaFoundBuilderConfig(name="preprocessed")
+    assert volume_writer_batch_size(small) == 1000
+    assert volume_writer_batch_size(default) * 2 * 48 * 256 * 256 <= 2**30
