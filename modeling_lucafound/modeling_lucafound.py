@@ -27,6 +27,7 @@ from .losses import clip_contrastive_loss, cox_partial_likelihood_loss, siglip_c
 
 MAXIMUM_LOGIT_SCALE = math.log(100.0)
 SHIFTED_WINDOW_MASK_VALUE = -100.0
+PIXEL_VALUE_CENTRE = 0.5  # LuCaFoundImageProcessor maps its HU window onto [0, 1]
 
 
 class PixelValuesShapeError(LuCaFoundInputError):
@@ -493,12 +494,17 @@ class LuCaFoundPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.relative_position_bias_table, std=0.02)
             init.copy_(module.relative_position_index, relative_position_index(module.window_size))
         elif isinstance(module, nn.Conv3d):
-            # PyTorch's default Conv3d initialisation, which torchvision keeps for the patch embedding
+            # PyTorch's default Conv3d initialisation, which torchvision keeps for the patch embedding ...
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in = module.weight.shape[1] * math.prod(module.weight.shape[2:])
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(module.bias, -bound, bound)
+                # ... plus a bias that centres the [0, 1] pixel values. Without it a uniform patch of any intensity c
+                # gives c * sum(kernel) + bias, which the LayerNorm after the patch embedding maps to nearly the same
+                # token for lung, tumour and bone: the window's intensity information is lost at initialisation.
+                with torch.no_grad():
+                    init.copy_(module.bias, module.bias - PIXEL_VALUE_CENTRE * module.weight.sum(dim=(1, 2, 3, 4)))
         elif isinstance(module, nn.Linear):
             # torchvision: truncated normal for every Linear of the Swin3D (for BERT's std 0.02 this equals a normal)
             init.trunc_normal_(module.weight, std=std)

@@ -212,3 +212,20 @@ def test_window_attention_output_and_gradients_match_the_step_by_step_reference(
     assert set(fast_grads) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"}
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], reference_grads[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_a_new_encoder_keeps_intensity_through_the_patch_embedding_norm(tiny_model):
+    # Uniform lung (-850 HU) and solid tumour (40 HU) after the [-1500, 500] window: before the centring bias both
+    # became almost the same token (cosine about 0.98) because the LayerNorm removes the scale of c * sum(kernel).
+    lung = torch.full((1, 1, 2, 4, 4), 650 / 2000)
+    tumour = torch.full((1, 1, 2, 4, 4), 1540 / 2000)
+    with torch.no_grad():
+        lung_token = tiny_model.patch_embed(lung).flatten()
+        tumour_token = tiny_model.patch_embed(tumour).flatten()
+    assert torch.nn.functional.cosine_similarity(lung_token, tumour_token, dim=0) < 0.5
+
+
+def test_the_centring_bias_does_not_touch_loaded_weights(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    reloaded = LuCaFoundVisionModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.patch_embed.proj.bias, tiny_model.patch_embed.proj.bias, rtol=0, atol=0)
