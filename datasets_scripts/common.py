@@ -304,12 +304,24 @@ WRITER_BATCH_BYTES = 512 * 2**20
 RAW_VOLUME_WRITER_BATCH_SIZE = 4  # raw volumes have no fixed size; 4 clinical CTs stay far below 2 GiB
 
 
-def volume_writer_batch_size(config):
+FIXED_SHAPE_ARRAY_FEATURES = (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.Array5D)
+
+
+def fixed_shape_row_bytes(features):
+    """Bytes that a row's fixed-shape arrays (pixel values, crop box) take, read from the features themselves."""
+    return sum(
+        math.prod(feature.shape) * np.dtype(feature.dtype).itemsize
+        for feature in features.values()
+        if isinstance(feature, FIXED_SHAPE_ARRAY_FEATURES)
+    )
+
+
+def volume_writer_batch_size(config, features):
     """Rows per written Arrow batch for a builder config, so that a batch of volumes stays below Arrow's 2 GiB."""
     if not is_preprocessed_config(config):
         return RAW_VOLUME_WRITER_BATCH_SIZE
-    row_bytes = 2 * math.prod(config.image_size)  # float16 pixel values dominate a row
-    return max(1, min(1000, WRITER_BATCH_BYTES // row_bytes))
+    row_bytes = max(1, fixed_shape_row_bytes(features))
+    return max(1, min(datasets.config.DEFAULT_MAX_BATCH_SIZE, WRITER_BATCH_BYTES // row_bytes))
 
 
 class CTVolumeBuilder(datasets.GeneratorBasedBuilder):
@@ -322,7 +334,7 @@ class CTVolumeBuilder(datasets.GeneratorBasedBuilder):
     def __init__(self, *args, writer_batch_size=None, **kwargs):
         super().__init__(*args, writer_batch_size=writer_batch_size, **kwargs)
         if writer_batch_size is None:
-            self._writer_batch_size = volume_writer_batch_size(self.config)
+            self._writer_batch_size = volume_writer_batch_size(self.config, self.info.features)
 
 
 # --------------------------------------------------------------------------------------------------------------

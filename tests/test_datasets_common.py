@@ -243,7 +243,13 @@ def test_every_builder_writes_volumes_in_batches_below_arrows_2_gib_limit(short_
     builder_class = datasets_scripts.get_builder_class(short_name)
     assert issubclass(builder_class, CTVolumeBuilder)
     builder = builder_class(config_name="preprocessed", cache_dir=str(tmp_path), data_dir=str(tmp_path))
-    row_bytes = 2 * int(np.prod(builder.config.image_size))
+    # every fixed-size array of a row, e.g. UCSF-PDGM's four MRI sequences as channels of `pixel_values`
+    row_bytes = sum(
+        int(np.prod(feature.shape)) * np.dtype(feature.dtype).itemsize
+        for feature in builder.info.features.values()
+        if hasattr(feature, "shape")
+    )
+    assert row_bytes >= 2 * int(np.prod(builder.config.image_size))
     assert builder._writer_batch_size * row_bytes <= 2**30
     raw_builder = builder_class(config_name="raw", cache_dir=str(tmp_path), data_dir=str(tmp_path))
     assert raw_builder._writer_batch_size * 200 * 2**20 < 2**31  # four raw CTs of 200 MiB
@@ -259,5 +265,6 @@ def test_an_explicit_writer_batch_size_wins(tmp_path):
 def test_writer_batch_size_shrinks_as_the_preprocessed_volume_grows():
     small = LuCaFoundBuilderConfig(name="preprocessed", image_size=(16, 64, 64))
     default = LuCaFoundBuilderConfig(name="preprocessed")
-    assert volume_writer_batch_size(small) == 1000
-    assert volume_writer_batch_size(default) * 2 * 48 * 256 * 256 <= 2**30
+    assert volume_writer_batch_size(small, preprocessed_image_features(small.image_size)) == 1000
+    default_rows = volume_writer_batch_size(default, preprocessed_image_features(default.image_size))
+    assert default_rows * 2 * 48 * 256 * 256 <= 2**30
