@@ -8,6 +8,7 @@ from modeling_lucafound.configuration_lucafound import (
     LuCaFoundVisionConfig,
     lucafound_config_for_size,
 )
+from modeling_lucafound.modeling_lucafound import shifted_window_geometry
 
 
 def test_vision_defaults_are_swin3d_b_over_the_lung_crop():
@@ -108,3 +109,13 @@ def test_named_sizes_build_valid_configs():
     assert lucafound_config_for_size("base").vision_config.depths == [2, 2, 18, 2]
     with pytest.raises(ValueError, match="model_size"):
         lucafound_config_for_size("huge")
+
+
+@pytest.mark.parametrize("model_size", ["tiny", "small"])
+def test_small_sizes_use_windows_that_tile_every_stage_without_padding(model_size):
+    vision = lucafound_config_for_size(model_size).vision_config
+    grid = [image // patch for image, patch in zip(vision.image_size, vision.patch_size)]
+    for stage in range(len(vision.depths)):
+        geometry = shifted_window_geometry(tuple(grid), tuple(vision.window_size), (0, 0, 0))
+        assert geometry.padded_size == tuple(grid), f"stage {stage} pads {grid} to {geometry.padded_size}"
+        grid = [grid[0], (grid[1] + 1) // 2, (grid[2] + 1) // 2]  # patch merging halves height and width only
