@@ -1,6 +1,7 @@
 """Configs: Swin3D-B / BERT-base defaults, round trips through config.json, and validation naming the parameter."""
 
 import pytest
+import torch
 
 from modeling_lucafound.configuration_lucafound import (
     LuCaFoundConfig,
@@ -8,7 +9,7 @@ from modeling_lucafound.configuration_lucafound import (
     LuCaFoundVisionConfig,
     lucafound_config_for_size,
 )
-from modeling_lucafound.modeling_lucafound import shifted_window_geometry
+from modeling_lucafound.modeling_lucafound import LuCaFoundVisionModel, shifted_window_geometry
 
 
 def test_vision_defaults_are_swin3d_b_over_the_lung_crop():
@@ -114,8 +115,10 @@ def test_named_sizes_build_valid_configs():
 @pytest.mark.parametrize("model_size", ["tiny", "small"])
 def test_small_sizes_use_windows_that_tile_every_stage_without_padding(model_size):
     vision = lucafound_config_for_size(model_size).vision_config
-    grid = [image // patch for image, patch in zip(vision.image_size, vision.patch_size)]
-    for stage in range(len(vision.depths)):
-        geometry = shifted_window_geometry(tuple(grid), tuple(vision.window_size), (0, 0, 0))
-        assert geometry.padded_size == tuple(grid), f"stage {stage} pads {grid} to {geometry.padded_size}"
-        grid = [grid[0], (grid[1] + 1) // 2, (grid[2] + 1) // 2]  # patch merging halves height and width only
+    encoder = LuCaFoundVisionModel(vision).eval()
+    with torch.no_grad():
+        outputs = encoder(pixel_values=torch.zeros(1, 1, *vision.image_size), output_hidden_states=True)
+    for stage, hidden_state in enumerate(outputs.hidden_states[1:]):
+        grid = tuple(hidden_state.shape[1:4])
+        geometry = shifted_window_geometry(grid, tuple(vision.window_size), (0, 0, 0))
+        assert geometry.padded_size == grid, f"stage {stage} pads {grid} to {geometry.padded_size}"
