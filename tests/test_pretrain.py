@@ -214,6 +214,19 @@ def synthetic_splits(cache_dir):
                                phantom_shape=(32, 64, 64))
 
 
+def test_building_in_two_processes_gives_the_same_cohort(synthetic_splits, tmp_path):
+    built_in_two = load_dataset_splits("synthetic", num_samples=12, image_size=(16, 64, 64), seed=3,
+                                       cache_dir=tmp_path, num_proc=2, phantom_shape=(32, 64, 64))
+    for split in synthetic_splits:
+        one, two = synthetic_splits[split], built_in_two[split]
+        assert sorted(two["patient_id"]) == sorted(one["patient_id"])
+        order = {patient: index for index, patient in enumerate(two["patient_id"])}
+        for row in one:
+            other = two[order[row["patient_id"]]]
+            assert other["report"] == row["report"]
+            np.testing.assert_array_equal(np.asarray(other["pixel_values"]), np.asarray(row["pixel_values"]))
+
+
 def test_training_transform_gives_channel_first_float32_volumes_in_unit_range(synthetic_splits):
     train = set_ct_transforms(add_example_index(synthetic_splits["train"]), CTAugmentation(seed=0))
     volume = train[0]["pixel_values"]

@@ -35,12 +35,13 @@ class DatasetOptionError(LuCaFoundInputError):
 
 
 def load_dataset_splits(name, data_dir=None, num_samples=None, image_size=None, seed=42, cache_dir=None,
-                        config_name="preprocessed", **config_overrides):
+                        config_name="preprocessed", num_proc=None, **config_overrides):
     """Build (or reuse from the cache) a `datasets_scripts` builder by short name and return its `DatasetDict`.
 
     `name` is a short name such as `synthetic` or `nsclc-radiomics` (or a builder class name). `num_samples` is
     passed only to builders that have it (the synthetic cohort); `image_size` (depth, height, width) sets the
-    size of the stored `pixel_values`; other builder-config fields go through `config_overrides`.
+    size of the stored `pixel_values`; other builder-config fields go through `config_overrides`. `num_proc`
+    builds the dataset in that many processes (each takes a share of the patients); the cached result is the same.
     """
     import datasets
 
@@ -68,7 +69,7 @@ def load_dataset_splits(name, data_dir=None, num_samples=None, image_size=None, 
             f"dataset {name!r} does not accept the options {sorted(options)}: {error}. `num_samples` applies only to "
             "the synthetic cohort."
         ) from error
-    builder.download_and_prepare()
+    builder.download_and_prepare(num_proc=num_proc if num_proc and num_proc > 1 else None)
     splits = builder.as_dataset()
     if not isinstance(splits, datasets.DatasetDict):
         splits = datasets.DatasetDict(splits)

@@ -74,6 +74,8 @@ def build_argument_parser():
     data.add_argument("--image-size", type=int, nargs=3, metavar=("D", "H", "W"),
                       help="size of pixel_values (default: the base encoder's configured image_size)")
     data.add_argument("--cache-dir", help="datasets cache folder for the built dataset")
+    data.add_argument("--build-processes", type=int, default=1,
+                      help="processes that build (generate / preprocess) the dataset the first time; 1 = in this one")
     data.add_argument("--patient-column", default="patient_id", help="patient id column (splits and folds by patient)")
     data.add_argument("--duration-column", default="survival_days", help="survival: follow-up time column")
     data.add_argument("--event-column", default="event", help="survival: event indicator column (1 event, 0 censored)")
@@ -767,6 +769,8 @@ def main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.k_folds == 1 or args.k_folds < 0:
         raise FinetuneOptionError(f"--k-folds must be 0 (use the splits) or at least 2, got {args.k_folds}")
+    if args.build_processes < 1:
+        raise FinetuneOptionError(f"--build-processes must be at least 1, got {args.build_processes}")
     _, vision_config = read_base_config(args.base)
     image_size = tuple(args.image_size) if args.image_size else tuple(vision_config.image_size)
     dataset_options = parse_dataset_options(args.dataset_option)
@@ -778,6 +782,7 @@ def main(argv=None):
         image_size=image_size,
         seed=args.seed,
         cache_dir=args.cache_dir,
+        num_proc=args.build_processes,
         **dataset_options,
     )
     data_seconds = time.time() - started

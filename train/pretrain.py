@@ -73,6 +73,8 @@ def build_parser():
     data.add_argument("--dataset", default="synthetic", help="builder short name from datasets_scripts (default: synthetic)")
     data.add_argument("--data-dir", help="local folder of the collection (not needed for synthetic)")
     data.add_argument("--cache-dir", help="datasets cache folder for the built dataset")
+    data.add_argument("--build-processes", type=int, default=1,
+                      help="processes that build (generate / preprocess) the dataset the first time; 1 = in this one")
     data.add_argument("--num-samples", type=int, help="number of patients of the synthetic cohort")
     data.add_argument("--dataset-option", action="append", type=_dataset_option, default=[], metavar="KEY=VALUE",
                       help="extra builder-config field, e.g. phantom_shape=[64,128,128] (repeatable)")
@@ -147,7 +149,7 @@ def parse_options(argv=None):
             defaults[destination] = value
         parser.set_defaults(**defaults)
     options = parser.parse_args(argv)
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "build_processes"):
         if getattr(options, name) < 1:
             raise PretrainingOptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
     if options.freeze_vision and options.freeze_text:
@@ -624,7 +626,8 @@ def main(argv=None):
     with accelerator.main_process_first():
         splits = load_dataset_splits(
             options.dataset, data_dir=options.data_dir, num_samples=options.num_samples, image_size=image_size,
-            seed=options.seed, cache_dir=options.cache_dir, **dict(options.dataset_option),
+            seed=options.seed, cache_dir=options.cache_dir, num_proc=options.build_processes,
+            **dict(options.dataset_option),
         )
     if "train" not in splits:
         raise PretrainingOptionError(f"dataset {options.dataset!r} has no train split (splits: {list(splits)})")
