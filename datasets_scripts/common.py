@@ -327,14 +327,29 @@ def volume_writer_batch_size(config, features):
 class CTVolumeBuilder(datasets.GeneratorBasedBuilder):
     """Base of every LuCaFound builder: a `GeneratorBasedBuilder` whose rows are whole CT volumes.
 
-    Only the write batch differs from datasets' default (see `volume_writer_batch_size`); an explicit
-    `writer_batch_size=` argument still wins.
+    Two things differ from datasets' defaults: the write batch (see `volume_writer_batch_size`; an explicit
+    `writer_batch_size=` argument still wins), and a build in several processes (`num_proc`) runs torch with one
+    intra-op thread while it forks its workers.
     """
 
     def __init__(self, *args, writer_batch_size=None, **kwargs):
         super().__init__(*args, writer_batch_size=writer_batch_size, **kwargs)
         if writer_batch_size is None:
             self._writer_batch_size = volume_writer_batch_size(self.config, self.info.features)
+
+    def download_and_prepare(self, *args, num_proc=None, **kwargs):
+        if not num_proc or num_proc <= 1:
+            return super().download_and_prepare(*args, **kwargs)
+        import torch
+
+        # The workers are forked; a child that enters the parent's already started OpenMP pool (preprocessing uses
+        # torch) hangs. With one intra-op thread torch runs inline in each child (the N processes share the cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return super().download_and_prepare(*args, num_proc=num_proc, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -69,19 +69,7 @@ def load_dataset_splits(name, data_dir=None, num_samples=None, image_size=None, 
             f"dataset {name!r} does not accept the options {sorted(options)}: {error}. `num_samples` applies only to "
             "the synthetic cohort."
         ) from error
-    if num_proc and num_proc > 1:
-        import torch
-
-        # The worker processes are forked; a child that enters the parent's already started OpenMP pool hangs.
-        # With one intra-op thread, torch runs inline in each child (N processes share the cores anyway).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            builder.download_and_prepare(num_proc=num_proc)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        builder.download_and_prepare()
+    builder.download_and_prepare(num_proc=num_proc)
     splits = builder.as_dataset()
     if not isinstance(splits, datasets.DatasetDict):
         splits = datasets.DatasetDict(splits)
